@@ -1,0 +1,73 @@
+# Nudge — every set-up step a fresh Debian/Ubuntu machine needs lives here.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export NUDGE_WEBHOOK_TOKEN ?= dev-token
+
+.PHONY: help venv install install-test binaries run worker test lint check demo bench clean
+
+help:
+	@echo "make run    - install and start Nudge (receiver + delivery) on http://127.0.0.1:8080"
+	@echo "make test   - install test dependencies and the real Prometheus/Alertmanager, run everything"
+	@echo "make demo   - run the whole loop natively: demo API, Prometheus, Alertmanager, Nudge, SMTP catcher"
+	@echo "make bench  - run the benchmark suite"
+	@echo "make check  - nudge check on the shipped config, templates and rules"
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit("Nudge needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+
+$(BIN)/nudge: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+install: $(BIN)/nudge
+
+$(VENV)/.test-deps: $(BIN)/nudge pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install-test: $(VENV)/.test-deps binaries
+
+# Real Prometheus, Alertmanager, promtool and amtool for the rule and end-to-end tests.
+binaries:
+	@if command -v prometheus >/dev/null && command -v alertmanager >/dev/null \
+	    && command -v promtool >/dev/null && command -v amtool >/dev/null; then :; \
+	elif [ -n "$$PROMETHEUS_BIN" ] && [ -n "$$ALERTMANAGER_BIN" ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "Installing prometheus and prometheus-alertmanager from the distribution's packages"; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	        prometheus prometheus-alertmanager >/dev/null; \
+	else \
+	    echo "prometheus/alertmanager not found: install them or set PROMETHEUS_BIN and ALERTMANAGER_BIN"; exit 1; \
+	fi
+
+run: install
+	$(BIN)/nudge serve
+
+worker: install
+	$(BIN)/nudge worker
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check app tests demo_api benchmarks
+
+test: install-test
+	$(BIN)/ruff check app tests demo_api benchmarks
+	$(BIN)/python -m pytest
+
+check: install
+	$(BIN)/nudge check
+
+demo: install-test
+	$(BIN)/python -m demo_api.loop
+
+bench: install-test
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

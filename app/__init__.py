@@ -1,0 +1,53 @@
+"""Nudge: behavioral email for API products, driven by Prometheus alerting rules."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, jsonify
+
+from app.config import Config, load_config
+from app.db import migrate
+from app.storage import ConnectionPerThread
+
+log = logging.getLogger("nudge")
+
+
+def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_database: bool = True):
+    """The Flask app. `config` is a Config, or a mapping of nudge.yml keys (tests), or None
+    for nudge.yml/NUDGE_* from the environment. `nudge serve` migrates the database before
+    forking and passes prepare_database=False to its workers."""
+    if config is None:
+        config = load_config()
+    elif not isinstance(config, Config):
+        config = load_config(data=config, environ={})
+    if prepare_database:
+        migrate(config.database)
+
+    app = Flask(__name__)
+    app.config["NUDGE"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["SECRET_KEY"] = config.resolved_secret_key()
+    app.extensions["nudge_db"] = ConnectionPerThread(config.database)
+
+    from app import observability, unsubscribe, webhook
+
+    app.register_blueprint(webhook.blueprint)
+    app.register_blueprint(observability.blueprint)
+    app.register_blueprint(unsubscribe.blueprint)
+
+    @app.errorhandler(404)
+    def not_found(_error):
+        return jsonify(status="error", error="not found"), 404
+
+    @app.errorhandler(405)
+    def method_not_allowed(_error):
+        return jsonify(status="error", error="method not allowed"), 405
+
+    if config.allow_unauthenticated and not (config.webhook_token or config.webhook_basic_auth):
+        log.warning(
+            "webhook.allow_unauthenticated is true: anyone who can reach /webhook can queue emails"
+        )
+    return app

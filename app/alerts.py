@@ -1,0 +1,155 @@
+"""Alertmanager's webhook payload (version "4"), parsed and checked into plain data.
+
+Unknown fields are ignored (newer Alertmanagers add e.g. `notification_reason`); anything
+that is not a v4 payload raises PayloadError with a message naming the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+class PayloadError(ValueError):
+    """The body is not an Alertmanager v4 webhook payload."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: str  # "firing" | "resolved"
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str  # canonical UTC timestamp, see canonical_time
+    ends_at: str | None
+    generator_url: str
+    fingerprint: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "status": self.status,
+                "labels": self.labels,
+                "annotations": self.annotations,
+                "startsAt": self.starts_at,
+                "endsAt": self.ends_at,
+                "generatorURL": self.generator_url,
+                "fingerprint": self.fingerprint,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+
+@dataclass(frozen=True)
+class Notification:
+    receiver: str
+    status: str
+    group_key: str
+    group_labels: dict[str, str]
+    external_url: str
+    truncated_alerts: int
+    alerts: tuple[Alert, ...]
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise PayloadError("body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise PayloadError("malformed JSON: nested too deeply") from None
+
+
+def parse_notification(data: Any) -> Notification:
+    if not isinstance(data, dict):
+        raise PayloadError("expected a JSON object (an Alertmanager webhook payload)")
+    version = data.get("version")
+    if version != "4":
+        raise PayloadError(
+            f'unsupported payload version {version!r}: expected "4" (Alertmanager webhook_configs)'
+        )
+    alerts = data.get("alerts")
+    if not isinstance(alerts, list):
+        raise PayloadError("'alerts' must be a list")
+    truncated = data.get("truncatedAlerts", 0)
+    if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
+        raise PayloadError("'truncatedAlerts' must be a whole number >= 0")
+    return Notification(
+        receiver=_optional_str(data, "receiver"),
+        status=_optional_str(data, "status"),
+        group_key=_optional_str(data, "groupKey"),
+        group_labels=_string_map(data.get("groupLabels"), "groupLabels"),
+        external_url=_optional_str(data, "externalURL"),
+        truncated_alerts=truncated,
+        alerts=tuple(_parse_alert(alert, index) for index, alert in enumerate(alerts)),
+    )
+
+
+def _parse_alert(data: Any, index: int) -> Alert:
+    where = f"alerts[{index}]"
+    if not isinstance(data, dict):
+        raise PayloadError(f"{where} must be an object")
+    status = data.get("status")
+    if status not in ("firing", "resolved"):
+        raise PayloadError(f"{where}.status must be 'firing' or 'resolved', got {status!r}")
+    if not isinstance(data.get("labels"), dict):
+        raise PayloadError(f"{where}.labels must be an object of label names to strings")
+    starts_at = data.get("startsAt")
+    if not isinstance(starts_at, str):
+        raise PayloadError(f"{where}.startsAt must be an RFC 3339 timestamp")
+    ends_at = data.get("endsAt")
+    if ends_at is not None and not isinstance(ends_at, str):
+        raise PayloadError(f"{where}.endsAt must be an RFC 3339 timestamp")
+    return Alert(
+        status=status,
+        labels=_string_map(data["labels"], f"{where}.labels"),
+        annotations=_string_map(data.get("annotations"), f"{where}.annotations"),
+        starts_at=canonical_time(starts_at, f"{where}.startsAt"),
+        ends_at=None
+        if not ends_at or ends_at.startswith("0001-")
+        else canonical_time(ends_at, f"{where}.endsAt"),
+        generator_url=_optional_str(data, "generatorURL"),
+        fingerprint=_optional_str(data, "fingerprint"),
+    )
+
+
+def canonical_time(text: str, where: str = "timestamp") -> str:
+    """One spelling per instant, so `.529Z` and `.529000Z` dedupe as the same episode."""
+    return parse_time(text, where).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str, where: str = "timestamp") -> datetime:
+    # Go may send nanoseconds; Python takes at most microseconds.
+    trimmed = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+    try:
+        value = datetime.fromisoformat(trimmed.replace("Z", "+00:00"))
+    except ValueError:
+        raise PayloadError(f"{where} is not an RFC 3339 timestamp: {text[:64]!r}") from None
+    if value.tzinfo is None:
+        raise PayloadError(f"{where} has no time zone: {text[:64]!r}")
+    return value.astimezone(UTC)
+
+
+def _optional_str(data: dict, key: str) -> str:
+    value = data.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PayloadError(f"'{key}' must be a string")
+    return value
+
+
+def _string_map(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise PayloadError(f"{where} must be an object of names to strings")
+    return value

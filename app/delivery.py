@@ -1,0 +1,208 @@
+"""Send one claimed delivery: suppression, recipient, render, send, and settle the outcome.
+
+Failures are classified, never swallowed: a permanent one (render error, no address, SMTP
+5xx) fails the delivery at once; a transient one (SMTP 4xx, connection, directory down while
+the address is unknown) retries with exponential backoff and jitter until the attempt count
+or age runs out, then the delivery is dead. Every outcome is a row in `attempts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlite_utils
+
+from app import metrics
+from app.alerts import parse_time
+from app.config import Config
+from app.directory import DirectoryClient, StaticDirectory, directory_headers_from_env
+from app.messages import build_message, message_id_for
+from app.queue import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, settle
+from app.recipients import choose_recipient
+from app.rendering import TemplateError, build_environment, render_email
+from app.suppressions import ALL, is_suppressed, suppression_scopes, unsubscribe_url
+from app.transports import RateLimiter, Transport, TransportError
+
+log = logging.getLogger("nudge.delivery")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    max_age: float
+    backoff: float
+    max_backoff: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> RetryPolicy:
+        return cls(config.max_attempts, config.max_age, config.retry_backoff, config.max_backoff)
+
+
+def next_retry(policy: RetryPolicy, attempts: int, age: float, jitter: float) -> float | None:
+    """Seconds until the next try, or None when the delivery should be given up (dead).
+
+    `jitter` in [0, 1) spreads retries of a burst so they do not hit the relay together."""
+    if attempts >= policy.max_attempts:
+        return None
+    delay = min(policy.max_backoff, policy.backoff * 2 ** max(0, attempts - 1))
+    delay *= 0.75 + jitter / 2
+    if age + delay > policy.max_age:
+        return None
+    return delay
+
+
+def template_context(
+    delivery: Delivery,
+    *,
+    user: dict[str, Any],
+    recipient: str,
+    unsubscribe: str,
+    now: datetime,
+) -> dict[str, Any]:
+    alert = delivery.alert
+    ends_at = alert.get("endsAt")
+    return {
+        "labels": dict(alert.get("labels", {})),
+        "annotations": dict(alert.get("annotations", {})),
+        "alert": {
+            "status": delivery.kind,
+            "starts_at": parse_time(alert["startsAt"]),
+            "ends_at": parse_time(ends_at) if ends_at else None,
+            "generator_url": alert.get("generatorURL", ""),
+            "fingerprint": alert.get("fingerprint", ""),
+        },
+        "rule": delivery.rule,
+        "user_id": delivery.user_id,
+        "user": user,
+        "recipient": recipient,
+        "unsubscribe_url": unsubscribe,
+        "external_url": delivery.external_url,
+        "now": now,
+    }
+
+
+class Deliverer:
+    """What sending needs, built once per worker process and shared by its sender threads."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.secret_key = config.resolved_secret_key()
+        self.templates = build_environment(config.templates_dir)
+        self.retry_policy = RetryPolicy.from_config(config)
+        self.rate_limiter = RateLimiter(config.smtp_rate_limit or None)
+        self.static = StaticDirectory(config.static_map) if config.static_map else None
+        self.directory = None
+        if config.directory_url:
+            self.directory = DirectoryClient(
+                config.directory_url,
+                email_field=config.directory_email_field,
+                timeout=config.directory_timeout,
+                retries=config.directory_retries,
+                cache_ttl=config.directory_cache_ttl,
+                headers=directory_headers_from_env(os.environ, config.directory_api_key_header),
+            )
+        self.message_domain = urlsplit(config.public_url).hostname or "nudge.localhost"
+
+    def close(self) -> None:
+        if self.directory:
+            self.directory.close()
+
+    def deliver(self, db: sqlite_utils.Database, transport: Transport, delivery: Delivery) -> str:
+        """Send one claimed delivery and record the outcome; returns the new status."""
+        labels = delivery.alert.get("labels", {})
+        where = f"delivery={delivery.id} rule={delivery.rule} user={delivery.user_id}"
+
+        if is_suppressed(suppression_scopes(db, delivery.user_id), delivery.rule):
+            metrics.EMAILS_SUPPRESSED.labels(delivery.template).inc()
+            log.info("%s suppressed: the user unsubscribed", where)
+            return self._settle(db, delivery, SUPPRESSED, error="user unsubscribed")
+
+        static = self.static.lookup(delivery.user_id) if self.static else None
+        directory = self.directory.lookup(delivery.user_id) if self.directory else None
+        choice = choose_recipient(
+            self.config.recipient_order, labels.get(self.config.email_label), static, directory
+        )
+        if choice.address is None:
+            if choice.retry_later:
+                return self._retry(db, delivery, choice.reason, where)
+            return self._fail(db, delivery, "no_recipient", choice.reason, where)
+
+        body_link = unsubscribe_url(
+            self.config.public_url, self.secret_key, delivery.user_id, delivery.rule
+        )
+        header_link = unsubscribe_url(self.config.public_url, self.secret_key, delivery.user_id, ALL)
+        context = template_context(
+            delivery,
+            user=choice.user,
+            recipient=choice.address,
+            unsubscribe=body_link,
+            now=datetime.now(UTC),
+        )
+        try:
+            rendered = render_email(
+                self.templates, delivery.template, context, resolved=delivery.kind == "resolved"
+            )
+            message = build_message(
+                sender=self.config.smtp_from,
+                recipient=choice.address,
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                message_id=message_id_for(delivery.id, self.message_domain),
+                unsubscribe_url=header_link,
+                reply_to=self.config.smtp_reply_to,
+            )
+        except TemplateError as exc:
+            return self._fail(db, delivery, "render_error", f"template error: {exc}", where,
+                              choice.address)
+        except ValueError as exc:
+            return self._fail(db, delivery, "bad_message", f"cannot build message: {exc}", where,
+                              choice.address)
+
+        self.rate_limiter.acquire()
+        started = time.perf_counter()
+        try:
+            transport.send(message)
+        except TransportError as exc:
+            if exc.permanent:
+                return self._fail(db, delivery, "rejected", str(exc), where, choice.address)
+            return self._retry(db, delivery, str(exc), where, choice.address)
+        finally:
+            metrics.SEND_DURATION.observe(time.perf_counter() - started)
+        metrics.EMAILS_SENT.labels(delivery.template).inc()
+        log.info("%s sent to %s (%s, user data: %s)", where, choice.address, choice.source,
+                 directory.source if directory else "none")
+        return self._settle(db, delivery, SENT, recipient=choice.address)
+
+    def _retry(self, db, delivery: Delivery, error: str, where: str, recipient=None) -> str:
+        now = time.time()
+        delay = next_retry(
+            self.retry_policy, delivery.attempts, now - delivery.created_epoch, random.random()
+        )
+        if delay is None:
+            metrics.EMAILS_DEAD.labels(delivery.template).inc()
+            log.error("%s dead after %d attempts: %s", where, delivery.attempts, error)
+            return self._settle(db, delivery, DEAD, recipient=recipient, error=error)
+        metrics.EMAILS_RETRIED.labels(delivery.template).inc()
+        log.warning("%s attempt %d failed, retrying in %.0fs: %s", where, delivery.attempts,
+                    delay, error)
+        return self._settle(db, delivery, QUEUED, recipient=recipient, error=error,
+                            retry_at=now + delay)
+
+    def _fail(self, db, delivery: Delivery, reason: str, error: str, where: str,
+              recipient=None) -> str:
+        metrics.EMAILS_FAILED.labels(delivery.template, reason).inc()
+        log.error("%s failed: %s", where, error)
+        return self._settle(db, delivery, FAILED, recipient=recipient, error=error)
+
+    @staticmethod
+    def _settle(db, delivery: Delivery, status: str, **fields) -> str:
+        settle(db, delivery, status, time.time(), **fields)
+        return status

@@ -1,0 +1,55 @@
+"""Every Prometheus metric Nudge exports, in one place.
+
+Under `nudge serve` several processes (gunicorn workers, the delivery worker) write
+metrics; prometheus-client's multiprocess mode aggregates them when
+PROMETHEUS_MULTIPROC_DIR is set before this module is imported (`nudge serve` does that).
+"""
+
+from prometheus_client import Counter, Histogram
+
+WEBHOOK_REQUESTS = Counter(
+    "nudge_webhook_requests", "Webhook requests answered, by HTTP status code", ["code"]
+)
+NOTIFICATIONS = Counter(
+    "nudge_notifications_received", "Alertmanager notifications durably stored", ["receiver"]
+)
+ALERT_DECISIONS = Counter(
+    "nudge_alert_decisions",
+    "Per-alert decisions: outcome is queued, duplicate or skipped; reason says why",
+    ["outcome", "reason"],
+)
+TRUNCATED_ALERTS = Counter(
+    "nudge_alerts_truncated",
+    "Alerts Alertmanager dropped before sending (truncatedAlerts, from max_alerts)",
+    ["receiver"],
+)
+
+EMAILS_SENT = Counter("nudge_emails_sent", "Emails accepted by the transport", ["template"])
+EMAILS_FAILED = Counter(
+    "nudge_emails_failed", "Deliveries failed permanently (no retry)", ["template", "reason"]
+)
+EMAILS_RETRIED = Counter(
+    "nudge_emails_retried", "Delivery attempts that failed transiently and were rescheduled",
+    ["template"],
+)
+EMAILS_SUPPRESSED = Counter(
+    "nudge_emails_suppressed", "Deliveries not sent because the user unsubscribed", ["template"]
+)
+EMAILS_DEAD = Counter(
+    "nudge_emails_dead", "Deliveries that ran out of retries", ["template"]
+)
+SEND_DURATION = Histogram(
+    "nudge_send_duration_seconds", "Time to hand one message to the transport",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DIRECTORY_REQUEST_DURATION = Histogram(
+    "nudge_directory_request_duration_seconds",
+    "User directory HTTP requests, by outcome (ok, not_found, error)",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+DIRECTORY_CACHE = Counter(
+    "nudge_directory_cache_lookups",
+    "User directory cache lookups: hit (fresh), miss, stale (expired record used as fallback)",
+    ["result"],
+)

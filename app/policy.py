@@ -1,0 +1,156 @@
+"""Which alerts become emails: the delivery policy as pure functions over plain data.
+
+An alert is a behavioral email when it carries the user label and names a template (its
+`email_template` label, else a per-alertname mapping in nudge.yml). Per rule, settings come
+from the rule's annotations (`nudge_cooldown`, `nudge_send_resolved`), else nudge.yml's
+`alerts.rules.<alertname>`, else the `alerts` defaults.
+
+Deduplication is by a key: one delivery per (rule, user, firing episode), where the episode
+is the alert's startsAt, or per (rule, user) ever when the cooldown is `forever`. The key
+is a UNIQUE column in the database, so repeats, HA pairs and retried POSTs collapse there
+atomically. The cooldown between episodes is enforced in the same transaction (ingest.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.alerts import Alert
+from app.config import Config, RuleOverride
+from app.durations import format_duration, parse_cooldown
+
+COOLDOWN_ANNOTATION = "nudge_cooldown"
+SEND_RESOLVED_ANNOTATION = "nudge_send_resolved"
+
+# Reasons are metric label values: keep this set small and fixed.
+NO_USER_LABEL = "no_user_label"
+NO_TEMPLATE = "no_template"
+INVALID_SETTINGS = "invalid_settings"
+RESOLVED_NOT_REQUESTED = "resolved_not_requested"
+RESOLVED_WITHOUT_FIRING_EMAIL = "resolved_without_firing_email"
+COOLDOWN = "cooldown"
+SAME_EPISODE = "same_episode"
+ONCE_EVER = "already_sent_once"
+NEW_EPISODE = "new_episode"
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    user_label: str = "user_id"
+    template_label: str = "email_template"
+    default_cooldown: float | None = 86400.0
+    default_send_resolved: bool = False
+    rule_overrides: dict[str, RuleOverride] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> AlertPolicy:
+        return cls(
+            user_label=config.user_label,
+            template_label=config.template_label,
+            default_cooldown=config.default_cooldown,
+            default_send_resolved=config.default_send_resolved,
+            rule_overrides=config.rule_overrides,
+        )
+
+
+@dataclass(frozen=True)
+class Skip:
+    rule: str
+    user_id: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An alert that should become one email, unless its key or the cooldown says otherwise."""
+
+    rule: str
+    user_id: str
+    template: str
+    kind: str  # "firing" | "resolved"
+    cooldown: float | None  # seconds between emails of this rule to this user; None = forever
+    dedup_key: str
+    firing_key: str  # the key of the firing email a resolved email follows up on
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    template: str | None
+    cooldown: float | None
+    send_resolved: bool
+
+
+def rule_settings(alert: Alert, policy: AlertPolicy) -> RuleSettings:
+    """Settings for this alert's rule; ValueError naming the bad annotation or key."""
+    rule = alert.labels.get("alertname", "")
+    override = (policy.rule_overrides or {}).get(rule, RuleOverride())
+    template = alert.labels.get(policy.template_label) or override.template
+
+    cooldown = policy.default_cooldown if override.cooldown == "default" else override.cooldown
+    if COOLDOWN_ANNOTATION in alert.annotations:
+        try:
+            cooldown = parse_cooldown(alert.annotations[COOLDOWN_ANNOTATION])
+        except ValueError as exc:
+            raise ValueError(f"annotation {COOLDOWN_ANNOTATION}: {exc}") from None
+
+    send_resolved = policy.default_send_resolved
+    if override.send_resolved is not None:
+        send_resolved = override.send_resolved
+    if SEND_RESOLVED_ANNOTATION in alert.annotations:
+        value = alert.annotations[SEND_RESOLVED_ANNOTATION].strip().lower()
+        if value not in ("true", "false"):
+            raise ValueError(
+                f"annotation {SEND_RESOLVED_ANNOTATION}: expected 'true' or 'false', got {value!r}"
+            )
+        send_resolved = value == "true"
+    return RuleSettings(template, cooldown, send_resolved)  # type: ignore[arg-type]
+
+
+def decide(alert: Alert, policy: AlertPolicy) -> Skip | Candidate:
+    rule = alert.labels.get("alertname", "")
+    user_id = alert.labels.get(policy.user_label, "")
+    if not user_id:
+        return Skip(rule, "", NO_USER_LABEL, f"alert has no {policy.user_label!r} label")
+    try:
+        settings = rule_settings(alert, policy)
+    except ValueError as exc:
+        return Skip(rule, user_id, INVALID_SETTINGS, str(exc))
+    if not settings.template:
+        return Skip(
+            rule,
+            user_id,
+            NO_TEMPLATE,
+            f"no {policy.template_label!r} label and no template for {rule!r} in nudge.yml",
+        )
+    if alert.status == "resolved" and not settings.send_resolved:
+        return Skip(rule, user_id, RESOLVED_NOT_REQUESTED, "rule does not ask for a resolved email")
+    firing_key = dedup_key(rule, user_id, "firing", alert.starts_at, settings.cooldown)
+    return Candidate(
+        rule=rule,
+        user_id=user_id,
+        template=settings.template,
+        kind=alert.status,
+        cooldown=settings.cooldown,
+        dedup_key=dedup_key(rule, user_id, alert.status, alert.starts_at, settings.cooldown),
+        firing_key=firing_key,
+    )
+
+
+def dedup_key(rule: str, user_id: str, kind: str, starts_at: str, cooldown: float | None) -> str:
+    episode = "forever" if cooldown is None else starts_at
+    # \x1f (unit separator) cannot appear in a Prometheus label name and keeps fields apart.
+    return "\x1f".join((rule, user_id, kind, episode))
+
+
+def duplicate_reason(candidate: Candidate) -> tuple[str, str]:
+    if candidate.cooldown is None:
+        return ONCE_EVER, "cooldown is forever and this user already had this email"
+    return SAME_EPISODE, "this firing episode (same startsAt) already has a delivery"
+
+
+def cooldown_detail(candidate: Candidate, last_queued_at: str) -> str:
+    return (
+        f"last email for this rule and user was queued at {last_queued_at}; "
+        f"cooldown is {format_duration(candidate.cooldown)}"
+    )

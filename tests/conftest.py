@@ -1,0 +1,79 @@
+"""Shared fixtures: isolated apps on a temporary SQLite file, flaskr-style."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from app import create_app
+from app.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alertmanager"
+TOKEN = "s3cret"
+
+
+def load_fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@pytest.fixture
+def config_data(tmp_path) -> dict:
+    """nudge.yml keys for an isolated instance; tests add or change keys before `app` is built."""
+    return {
+        "database": str(tmp_path / "nudge.db"),
+        "templates_dir": str(ROOT / "email_templates"),
+        "rules_dir": str(ROOT / "alert_rules"),
+        "public_url": "https://nudge.example.com",
+        "secret_key": "test-secret-key",
+        "webhook": {
+            "token": TOKEN,
+            "basic_auth": {"username": "alertmanager", "password": "pw"},
+        },
+        "delivery": {"outbox_dir": str(tmp_path / "outbox")},
+        "metrics": {"multiproc_dir": str(tmp_path / "metrics")},
+    }
+
+
+@pytest.fixture
+def app(config_data):
+    return create_app(config_data)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def config_file(tmp_path, config_data) -> Path:
+    path = tmp_path / "nudge.yml"
+    path.write_text(yaml.safe_dump(config_data))
+    return path
+
+
+@pytest.fixture
+def runner(config_file, monkeypatch):
+    """Runs `nudge ...` against the same config the `app` fixture uses."""
+    for name in ("NUDGE_CONFIG", "NUDGE_DB", "NUDGE_WEBHOOK_TOKEN", "NUDGE_SMTP_URL",
+                 "NUDGE_DIRECTORY_URL", "NUDGE_PUBLIC_URL", "NUDGE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    cli_runner = CliRunner()
+
+    def invoke(*args: str, **kwargs):
+        return cli_runner.invoke(main, ["--config", str(config_file), *args], **kwargs)
+
+    return invoke
