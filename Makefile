@@ -34,8 +34,8 @@ install-test: $(VENV)/.test-deps binaries
 
 # Real Prometheus, Alertmanager, promtool and amtool for the rule and end-to-end tests.
 binaries:
-	@if command -v prometheus >/dev/null && command -v alertmanager >/dev/null \
-	    && command -v promtool >/dev/null && command -v amtool >/dev/null; then :; \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null \
+	    && { command -v alertmanager || command -v prometheus-alertmanager; } >/dev/null; then :; \
 	elif [ -n "$$PROMETHEUS_BIN" ] && [ -n "$$ALERTMANAGER_BIN" ]; then :; \
 	elif command -v apt-get >/dev/null; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -65,13 +65,25 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 @pass_context
 def serve(ctx: Context, bind: str | None, workers: int | None) -> None:
     """Run the whole service: webhook receiver and delivery worker."""
-    from app.server import serve as run_server
+    from app.server import serve as run_service
 
     config = ctx.config
     try:
-        run_server(config, ctx.config_path, bind or config.bind, workers or config.workers)
+        code = run_service(config, ctx.config_path, bind or config.bind, workers or config.workers)
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+@main.command(hidden=True)
+@click.option("--bind", required=True)
+@click.option("--workers", type=click.IntRange(min=1), required=True)
+@pass_context
+def receiver(ctx: Context, bind: str, workers: int) -> None:
+    """Run only the webhook receiver (gunicorn); `nudge serve` starts it."""
+    from app.server import run_receiver
+
+    run_receiver(ctx.config, bind, workers)
 
 
 @main.command()
@@ -79,10 +91,10 @@ def serve(ctx: Context, bind: str | None, workers: int | None) -> None:
 @pass_context
 def worker(ctx: Context, parent_pid: int | None) -> None:
     """Run only the delivery worker (sends queued emails)."""
-    from app.server import _configure_logging
+    from app.server import configure_logging
     from app.worker import DeliveryWorker, watch_parent
 
-    _configure_logging()
+    configure_logging()
     config = ctx.config
     try:
         migrate(config.database)
@@ -232,7 +244,7 @@ def _read_json(path: str | None, what: str):
     except OSError as exc:
         raise click.ClickException(f"cannot read {what} {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}")
+        raise click.ClickException(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
 
 
 def _preview_context(config: Config, template: str, alert_file, labels, user_json, resolved):

@@ -154,14 +154,29 @@ class Config:
             return self.secret_key
         path = self.secret_key_file
         try:
-            return path.read_text().strip()
+            key = path.read_text().strip()
+            if key:
+                return key
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = secrets.token_urlsafe(32)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(key + "\n")
-            return key
+            pass
+        # Write a complete file under a temporary name, then link it into place: a process
+        # racing us either sees no file or the whole key, never an empty one.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            if path.exists():  # empty or unreadable leftover: replace it
+                os.replace(temporary, path)
+            else:
+                try:
+                    os.link(temporary, path)
+                except FileExistsError:
+                    pass
+        finally:
+            temporary.unlink(missing_ok=True)
+        return path.read_text().strip()
 
 
 def load_config(
@@ -181,6 +196,8 @@ def load_config(
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError([f"{path}: file not found"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"{path}: not UTF-8 text"]) from None
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
         except yaml.YAMLError as exc:
@@ -208,6 +225,8 @@ def load_config(
 def _deep_merge(base: dict, extra: Mapping) -> dict:
     result = dict(base)
     for key, value in extra.items():
+        if value is None and isinstance(result.get(key), dict):
+            continue  # a section whose keys are all commented out means "the defaults"
         if isinstance(value, Mapping) and isinstance(result.get(key), dict) and key != "rules":
             result[key] = _deep_merge(result[key], value)
         else:
@@ -431,7 +450,11 @@ def _build(tree: dict, source: str, problems: list[str]) -> Config:
             "alerts.cooldown", parse_cooldown, "a duration like 24h, or forever", 86400.0
         ),
         default_send_resolved=r.get("alerts.send_resolved", _bool, "true or false", False),
-        rule_overrides=_rule_overrides(tree.get("alerts", {}).get("rules"), source, problems),
+        rule_overrides=_rule_overrides(
+            alerts.get("rules") if isinstance(alerts := tree.get("alerts"), Mapping) else None,
+            source,
+            problems,
+        ),
         recipient_order=r.get(
             "recipients.order", _recipient_order, "label, static_map, directory", RECIPIENT_SOURCES
         ),

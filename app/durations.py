@@ -1,5 +1,6 @@
 """Durations as ops teams write them in rule files and nudge.yml: `30s`, `5m`, `24h`, `7d`, `1h30m`."""
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -13,7 +14,7 @@ def parse_duration(text: object) -> float:
     if isinstance(text, bool):
         raise ValueError(f"expected a duration like 30s, 5m, 24h or 7d, got {text!r}")
     if isinstance(text, int | float):
-        if text < 0:
+        if not math.isfinite(text) or text < 0:
             raise ValueError(f"a duration cannot be negative, got {text!r}")
         return float(text)
     if not isinstance(text, str):

@@ -1,12 +1,17 @@
 """`nudge serve`: the receiver (gunicorn) and the delivery worker, as one service.
 
-The database is migrated and the metrics folder reset here, before gunicorn forks. The
-delivery worker runs as a child process, restarted if it dies; SIGTERM to `nudge serve`
-stops gunicorn gracefully, then the worker (which finishes its in-flight messages).
+`serve` is a small supervisor with two children: `nudge receiver` (gunicorn: it reaps every
+child of its own with waitpid(-1), so the worker cannot be its child) and `nudge worker`.
+Before starting them it migrates the database, creates the secret key and empties the
+metrics folder, so no two processes race on any of those. SIGTERM or SIGINT stops the
+receiver gracefully, then the worker, which finishes its in-flight messages. A worker that
+dies is restarted; a receiver that dies stops the service with an error, for the process
+manager to restart. If the supervisor itself is killed, the kernel signals both children.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -14,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
@@ -24,7 +28,17 @@ from app.db import migrate
 
 log = logging.getLogger("nudge.server")
 
-WORKER_STOP_TIMEOUT = 60
+STOP_TIMEOUT = 60
+PR_SET_PDEATHSIG = 1
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
 
 
 def prepare_metrics_dir(config: Config) -> Path:
@@ -37,73 +51,106 @@ def prepare_metrics_dir(config: Config) -> Path:
     return path
 
 
-class DeliverySupervisor:
-    """Keeps one `nudge worker` child running until stopped."""
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the supervisor dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the worker also watches its parent pid
+        pass
 
-    def __init__(self, config_path: str | None):
-        self.config_path = config_path
+
+class Child:
+    def __init__(self, name: str, args: list[str]):
+        self.name, self.args = name, args
         self.process: subprocess.Popen | None = None
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="delivery-supervisor", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        self.process = subprocess.Popen(self.args, preexec_fn=_die_with_parent)
 
-    def _spawn(self) -> subprocess.Popen:
-        command = [sys.executable, "-m", "app.cli"]
-        if self.config_path:
-            command += ["--config", self.config_path]
-        command += ["worker", "--parent-pid", str(os.getpid())]
-        return subprocess.Popen(command)
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.process = self._spawn()
-            code = self.process.wait()
-            if self.stopping.is_set():
-                return
-            log.error("delivery worker exited with code %s; restarting in 1s", code)
-            self.stopping.wait(1.0)
+    def terminate(self, timeout: float) -> int | None:
+        if not self.running():
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %ss; killing it", self.name, timeout)
+            self.process.kill()
+            return self.process.wait()
 
-    def stop(self) -> None:
-        self.stopping.set()
-        process = self.process
-        if process and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(WORKER_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log.error("delivery worker did not stop in %ss; killing it", WORKER_STOP_TIMEOUT)
-                process.kill()
-                process.wait()
+
+def serve(config: Config, config_path: str | None, bind: str, workers: int) -> int:
+    configure_logging()
+    migrate(config.database)
+    config.resolved_secret_key()
+    prepare_metrics_dir(config)
+
+    base = [sys.executable, "-m", "app.cli"] + (["--config", config_path] if config_path else [])
+    receiver = Child("receiver", base + ["receiver", "--bind", bind, "--workers", str(workers)])
+    worker = Child("delivery worker", base + ["worker", "--parent-pid", str(os.getpid())])
+    stopping = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    receiver.start()
+    worker.start()
+    log.info("Nudge serving on http://%s (%d receiver workers + delivery worker), database %s",
+             bind, workers, config.database)
+
+    exit_code = 0
+    restart_delay = 1.0
+    while not stopping.wait(0.2):
+        if not receiver.running():
+            log.error("receiver exited with code %s; stopping", receiver.process.returncode)
+            exit_code = 1
+            break
+        if not worker.running():
+            log.error("delivery worker exited with code %s; restarting in %.0fs",
+                      worker.process.returncode, restart_delay)
+            if stopping.wait(restart_delay):
+                break
+            restart_delay = min(restart_delay * 2, 30.0)
+            worker.start()
+
+    receiver.terminate(STOP_TIMEOUT)
+    worker.terminate(STOP_TIMEOUT)
+    log.info("Nudge stopped")
+    return exit_code
 
 
 class NudgeGunicorn(BaseApplication):
-    def __init__(self, config: Config, bind: str, workers: int, on_exit):
+    def __init__(self, config: Config, bind: str, workers: int):
         self.nudge_config = config
         self.options = {
             "bind": bind,
             "workers": workers,
             "worker_class": "sync",
             "timeout": 30,
-            "graceful_timeout": 30,
-            "keepalive": 5,
+            "graceful_timeout": 20,
             "errorlog": "-",
             "loglevel": "info",
-            "proc_name": "nudge",
+            "proc_name": "nudge-receiver",
+            "control_socket_disable": True,
             "child_exit": _child_exit,
-            "on_exit": lambda _server: on_exit(),
         }
         super().__init__()
 
     def load_config(self):
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
 
     def load(self):
         from app import create_app
 
-        _configure_logging()
+        configure_logging()
         return create_app(self.nudge_config, prepare_database=False)
 
 
@@ -113,26 +160,6 @@ def _child_exit(_server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-
-
-def serve(config: Config, config_path: str | None, bind: str, workers: int) -> None:
-    _configure_logging()
-    migrate(config.database)
-    prepare_metrics_dir(config)
-    supervisor = DeliverySupervisor(config_path)
-    supervisor.start()
-    started = time.time()
-    log.info("Nudge listening on http://%s (%d workers), database %s", bind, workers,
-             config.database)
-    try:
-        NudgeGunicorn(config, bind, workers, on_exit=supervisor.stop).run()
-    finally:
-        supervisor.stop()
-        log.info("Nudge stopped after %.0fs", time.time() - started)
+def run_receiver(config: Config, bind: str, workers: int) -> None:
+    configure_logging()
+    NudgeGunicorn(config, bind, workers).run()

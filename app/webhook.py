@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import logging
+import sqlite3
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -50,7 +51,7 @@ def receive() -> tuple[Response, int]:
         result = store_notification(
             database(), text, notification, AlertPolicy.from_config(config), time.time()
         )
-    except StorageError as exc:
+    except (StorageError, sqlite3.Error) as exc:
         log.error("storage unavailable, answering 503 so Alertmanager retries: %s", exc)
         return _answer(503, "storage unavailable, retry later")
 

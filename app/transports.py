@@ -1,0 +1,401 @@
+"""Hand built messages to a mail server (SMTP) or, in development, to a folder of .eml files."""
+
+import os
+import re
+import smtplib
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
+DEFAULT_TIMEOUT = 10.0
+
+
+class TransportError(Exception):
+    """A message could not be handed over; `permanent` means retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Transport(Protocol):
+    """Something that sends messages; one instance per sending thread."""
+
+    def send(self, message: EmailMessage) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- SMTP settings --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where and how to reach the SMTP server. security is 'plain', 'starttls' or 'tls'."""
+
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: str | None = field(repr=False)
+    timeout: float
+
+
+def parse_smtp_url(url: str) -> SmtpSettings:
+    """Parse `smtp://[user:pass@]host[:port][?tls=starttls|tls][&timeout=seconds]` or smtps://.
+
+    Raises ValueError with a one-line explanation for anything else.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"SMTP URL must start with smtp:// or smtps://, got {_redact(url)!r}")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ValueError(f"SMTP URL must not have a path or fragment: {_redact(url)!r}")
+    if not parts.hostname:
+        raise ValueError(f"SMTP URL has no host: {_redact(url)!r}")
+    try:
+        explicit_port = parts.port
+    except ValueError:
+        raise ValueError(f"SMTP URL has an invalid port: {_redact(url)!r}") from None
+    if explicit_port == 0:
+        raise ValueError(f"SMTP URL has an invalid port: {_redact(url)!r}")
+
+    security = "tls" if parts.scheme == "smtps" else "plain"
+    timeout = DEFAULT_TIMEOUT
+    seen: set[str] = set()
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in seen:
+            raise ValueError(f"SMTP URL repeats the query parameter {key!r}")
+        seen.add(key)
+        if key == "tls":
+            if value not in ("starttls", "tls"):
+                raise ValueError(f"SMTP URL: tls must be 'starttls' or 'tls', got {value!r}")
+            if parts.scheme == "smtps" and value != "tls":
+                raise ValueError("SMTP URL: smtps:// is implicit TLS; drop ?tls=starttls")
+            security = value
+        elif key == "timeout":
+            timeout = _parse_timeout(value)
+        else:
+            raise ValueError(f"SMTP URL: unknown query parameter {key!r} (known: tls, timeout)")
+
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if (username is None) != (password is None) or username == "":
+        raise ValueError("SMTP URL: give both a user name and a password, or neither")
+    return SmtpSettings(
+        host=parts.hostname,
+        port=explicit_port or DEFAULT_PORTS[security],
+        security=security,
+        username=username,
+        password=password,
+        timeout=timeout,
+    )
+
+
+def _parse_timeout(value: str) -> float:
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"SMTP URL: timeout must be a positive number of seconds, got {value!r}")
+    return timeout
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+# -- SMTP -----------------------------------------------------------------------------------
+
+
+class _DataTracking:
+    """Remembers whether DATA was started, i.e. whether the server may now have the message."""
+
+    data_started = False
+
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:
+        self.data_started = True
+        return super().data(msg)  # type: ignore[misc]
+
+
+class _SMTP(_DataTracking, smtplib.SMTP):
+    pass
+
+
+class _SMTPS(_DataTracking, smtplib.SMTP_SSL):
+    pass
+
+
+class SmtpTransport:
+    """Sends over one persistent SMTP connection, opened lazily and reused.
+
+    Not thread-safe: use one instance per sending thread.
+    """
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self._ssl_context = ssl_context
+        self._local_hostname = local_hostname
+        self._client: _SMTP | _SMTPS | None = None
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        self._where = f"{host}:{settings.port}"
+
+    def send(self, message: EmailMessage) -> None:
+        """Hand one message to the server; TransportError if it was not accepted."""
+        reused = self._client is not None and self._client.sock is not None
+        try:
+            self._send_once(message)
+            return
+        except (smtplib.SMTPException, OSError) as exc:
+            if not (reused and self._idle_drop(exc)):
+                raise self._failure(exc) from exc
+        # The server closed the idle connection before this message got to DATA, so it
+        # cannot have been delivered: one retry on a fresh connection is safe.
+        self._discard()
+        try:
+            self._send_once(message)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise self._failure(exc) from exc
+
+    def close(self) -> None:
+        """Say QUIT and drop the connection (errors ignored)."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            client.close()
+
+    def _send_once(self, message: EmailMessage) -> None:
+        client = self._connection()
+        client.data_started = False
+        client.send_message(message)
+
+    def _connection(self) -> "_SMTP | _SMTPS":
+        if self._client is not None and self._client.sock is None:
+            self._discard()  # smtplib closed it after a 421 or a broken pipe
+        if self._client is None:
+            self._client = self._open()
+        return self._client
+
+    def _open(self) -> "_SMTP | _SMTPS":
+        settings = self.settings
+        context = self._ssl_context or ssl.create_default_context()
+        client: _SMTP | _SMTPS
+        try:
+            # Connecting in the constructor is what makes smtplib verify the certificate
+            # against settings.host.
+            if settings.security == "tls":
+                client = _SMTPS(
+                    settings.host,
+                    settings.port,
+                    local_hostname=self._local_hostname,
+                    timeout=settings.timeout,
+                    context=context,
+                )
+            else:
+                client = _SMTP(
+                    settings.host,
+                    settings.port,
+                    local_hostname=self._local_hostname,
+                    timeout=settings.timeout,
+                )
+        except (smtplib.SMTPException, OSError) as exc:
+            raise self._connect_failure(exc) from exc
+        try:
+            client.ehlo()
+            if settings.security == "starttls":
+                client.starttls(context=context)
+                client.ehlo()
+            if settings.username is not None:
+                client.login(settings.username, settings.password or "")
+        except (smtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise self._connect_failure(exc) from exc
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _idle_drop(self, exc: BaseException) -> bool:
+        """Did a reused connection turn out to be closed before DATA started?"""
+        client = self._client
+        if client is None or client.data_started:
+            return False
+        if isinstance(exc, smtplib.SMTPServerDisconnected | ConnectionError):
+            return True
+        # Many servers announce an idle timeout with an unsolicited 421, which we read as
+        # the reply to MAIL FROM.
+        return isinstance(exc, smtplib.SMTPSenderRefused) and exc.smtp_code == 421
+
+    def _failure(self, exc: BaseException) -> TransportError:
+        """Classify an error raised while sending; close the connection unless still usable."""
+        code, text = _smtp_reply(exc)
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            # The message needs SMTPUTF8 (non-ASCII addresses) and the server lacks it.
+            return TransportError(f"{exc} ({self._where})", permanent=True)
+        if code is None:
+            self._discard()
+            return TransportError(self._describe_io_error(exc), permanent=False)
+        permanent = 500 <= code < 600 and code != 530
+        # smtplib has already sent RSET after a refused message; the connection is fine
+        # unless the server hung up (421) or it broke meanwhile.
+        if not permanent or self._client is None or self._client.sock is None:
+            self._discard()
+        hint = " (authentication required)" if code == 530 else ""
+        return TransportError(
+            f"SMTP {code} from {self._where}: {text}{hint}", permanent=permanent
+        )
+
+    def _connect_failure(self, exc: BaseException) -> TransportError:
+        """Errors while connecting, securing or logging in: all transient (config or outage)."""
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            code, text = _smtp_reply(exc)
+            return TransportError(
+                f"SMTP authentication failed at {self._where}: {code} {text}", permanent=False
+            )
+        code, text = _smtp_reply(exc)
+        if code is not None:
+            return TransportError(f"SMTP {code} from {self._where}: {text}", permanent=False)
+        if isinstance(exc, ssl.SSLError):
+            return TransportError(
+                f"TLS handshake with {self._where} failed: {exc}", permanent=False
+            )
+        if isinstance(exc, smtplib.SMTPException) and not isinstance(
+            exc, smtplib.SMTPServerDisconnected
+        ):
+            return TransportError(f"SMTP setup with {self._where} failed: {exc}", permanent=False)
+        return TransportError(self._describe_io_error(exc, connecting=True), permanent=False)
+
+    def _describe_io_error(self, exc: BaseException, *, connecting: bool = False) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"SMTP server {self._where} timed out after {self.settings.timeout:g}s"
+        verb = "cannot connect to" if connecting else "connection to"
+        detail = str(exc) or type(exc).__name__
+        suffix = "" if connecting else " lost"
+        return f"{verb} SMTP server {self._where}{suffix}: {detail}"
+
+    def _discard(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _smtp_reply(exc: BaseException) -> tuple[int | None, str]:
+    """The (code, text) of the server reply behind an smtplib error, if there was one."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, raw = next(iter(exc.recipients.values()))
+    elif isinstance(exc, smtplib.SMTPResponseException):
+        code, raw = exc.smtp_code, exc.smtp_error
+    else:
+        return None, str(exc)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return code, " ".join(text.split())
+
+
+# -- file outbox ----------------------------------------------------------------------------
+
+
+class FileOutbox:
+    """Writes each message to `<directory>/<UTC timestamp>-<message id>.eml` (development)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def send(self, message: EmailMessage) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        name = f"{stamp}-{_file_safe(message.get('Message-ID', ''))}.eml"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(message.as_bytes())
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, self.directory / name)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise TransportError(
+                f"cannot write to outbox {self.directory}: {exc}", permanent=False
+            ) from exc
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _file_safe(message_id: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._@+-]", "_", str(message_id).strip().strip("<>"))
+    return cleaned[:150] or "no-message-id"
+
+
+# -- wiring ---------------------------------------------------------------------------------
+
+
+def transport_factory(
+    smtp_url: str | None,
+    outbox_dir: str | os.PathLike[str],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Callable[[], Transport]:
+    """A zero-argument factory making one transport per sending thread.
+
+    SMTP when `smtp_url` is set (validated now: ValueError), otherwise a FileOutbox.
+    """
+    if smtp_url:
+        settings = parse_smtp_url(smtp_url)
+        return lambda: SmtpTransport(settings, ssl_context=ssl_context)
+    return lambda: FileOutbox(outbox_dir)
+
+
+class RateLimiter:
+    """Token bucket shared by all sending threads; burst = max(1, per_second).
+
+    The bucket starts with one token, so a restart does not send a burst.
+    """
+
+    def __init__(self, per_second: float | None) -> None:
+        if per_second is not None and per_second < 0:
+            raise ValueError(f"rate limit must be positive or None, got {per_second!r}")
+        self.per_second = per_second or 0.0
+        self._capacity = max(1.0, self.per_second)
+        self._tokens = 1.0
+        self._updated = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Block until one more send may proceed."""
+        if not self.per_second:
+            return
+        with self._lock:
+            now = time.monotonic()
+            elapsed = now - self._updated
+            self._tokens = min(self._capacity, self._tokens + elapsed * self.per_second)
+            self._updated = now
+            # Take the token now, possibly going into debt; the debt is our place in line.
+            self._tokens -= 1
+            wait = -self._tokens / self.per_second if self._tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)

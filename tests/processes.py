@@ -1,0 +1,96 @@
+"""Helpers to run real `nudge` processes on loopback ports in tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+
+
+class NudgeProcess:
+    """`nudge serve` (or another subcommand) as a real process with its own config file."""
+
+    def __init__(self, tmp_path: Path, config: dict, *, command=("serve",), env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = tmp_path / "nudge-serve.yml"
+        config = {**config, "server": {"bind": f"127.0.0.1:{self.port}",
+                                       **config.get("server", {})}}
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = tmp_path / f"nudge-{self.port}.log"
+        self.command = command
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("NUDGE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+        self.env.update(env or {})
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True) -> NudgeProcess:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "--config", str(self.config_path), *self.command],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        if wait_ready and self.command[0] == "serve":
+            wait_until(self.ready, timeout=30, message=f"nudge serve ready; log:\n{self.output}")
+        return self
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"nudge exited with {self.process.returncode}:\n{self.output}")
+        try:
+            return requests.get(self.url + "/-/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self.log.close()
+        return code
+
+    def kill_group(self) -> None:
+        """SIGKILL the whole process group: the service dies without any chance to clean up."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
+        self.log.close()
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
