@@ -2,13 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-export NUDGE_WEBHOOK_TOKEN ?= dev-token
 
-.PHONY: help venv install install-test binaries run worker test lint check demo bench clean
+.PHONY: help venv install install-test binaries run worker demo-api test lint check demo bench clean
 
 help:
 	@echo "make run    - install and start Nudge (receiver + delivery) on http://127.0.0.1:8080"
 	@echo "make test   - install test dependencies and the real Prometheus/Alertmanager, run everything"
+	@echo "make demo-api - run the demo API product (metrics + user directory) on :8000"
 	@echo "make demo   - run the whole loop natively: demo API, Prometheus, Alertmanager, Nudge, SMTP catcher"
 	@echo "make bench  - run the benchmark suite"
 	@echo "make check  - nudge check on the shipped config, templates and rules"
@@ -47,11 +47,15 @@ binaries:
 	    echo "prometheus/alertmanager not found: install them or set PROMETHEUS_BIN and ALERTMANAGER_BIN"; exit 1; \
 	fi
 
+run: export NUDGE_WEBHOOK_TOKEN ?= dev-token
 run: install
 	$(BIN)/nudge serve
 
 worker: install
 	$(BIN)/nudge worker
+
+demo-api: install
+	$(BIN)/python -m demo_api
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check app tests demo_api benchmarks

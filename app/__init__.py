@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 
-from app.config import Config, load_config
+from app.config import Config, load_config, require_webhook_auth
 from app.db import migrate
 from app.storage import ConnectionPerThread
 
@@ -23,6 +23,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
         config = load_config()
     elif not isinstance(config, Config):
         config = load_config(data=config, environ={})
+    require_webhook_auth(config)
     if prepare_database:
         migrate(config.database)
 

@@ -11,10 +11,16 @@ from pathlib import Path
 
 import click
 
-from app.config import Config, ConfigError, load_config
+from app.config import Config, ConfigError, load_config, require_webhook_auth
 from app.db import StorageError, connect, migrate
 from app.queue import STATUSES, list_attempts, list_decisions, list_deliveries
 from app.suppressions import ALL, add_suppression, list_suppressions, remove_suppression
+
+
+def _config_failure(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        click.echo(f"nudge: config: {problem}", err=True)
+    sys.exit(2)
 
 
 class Context:
@@ -28,10 +34,16 @@ class Context:
             try:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
-                for problem in exc.problems:
-                    click.echo(f"nudge: config: {problem}", err=True)
-                sys.exit(2)
+                _config_failure(exc)
         return self._config
+
+    def receiver_config(self) -> Config:
+        """The config, plus what only the webhook receiver needs (credentials)."""
+        try:
+            require_webhook_auth(self.config)
+        except ConfigError as exc:
+            _config_failure(exc)
+        return self.config
 
     def database(self):
         try:
@@ -67,7 +79,7 @@ def serve(ctx: Context, bind: str | None, workers: int | None) -> None:
     """Run the whole service: webhook receiver and delivery worker."""
     from app.server import serve as run_service
 
-    config = ctx.config
+    config = ctx.receiver_config()
     try:
         code = run_service(config, ctx.config_path, bind or config.bind, workers or config.workers)
     except StorageError as exc:
@@ -83,7 +95,7 @@ def receiver(ctx: Context, bind: str, workers: int) -> None:
     """Run only the webhook receiver (gunicorn); `nudge serve` starts it."""
     from app.server import run_receiver
 
-    run_receiver(ctx.config, bind, workers)
+    run_receiver(ctx.receiver_config(), bind, workers)
 
 
 @main.command()
@@ -297,11 +309,14 @@ def preview(ctx: Context, template, alert_file, labels, user_json, resolved, fmt
             raise click.ClickException(f"template {template} has no body.html")
         click.echo(rendered.html)
     else:
-        message = build_message(
-            sender=config.smtp_from, recipient=context["recipient"], subject=rendered.subject,
-            text=rendered.text, html=rendered.html, message_id="<preview@nudge.localhost>",
-            unsubscribe_url=context["unsubscribe_url"],
-        )
+        try:
+            message = build_message(
+                sender=config.smtp_from, recipient=context["recipient"], subject=rendered.subject,
+                text=rendered.text, html=rendered.html, message_id="<preview@nudge.localhost>",
+                unsubscribe_url=context["unsubscribe_url"],
+            )
+        except ValueError as exc:
+            raise click.ClickException(f"cannot build message: {exc}") from None
         click.echo(message.as_string())
 
 

@@ -179,6 +179,16 @@ class Config:
         return path.read_text().strip()
 
 
+def require_webhook_auth(config: Config) -> None:
+    """The receiver refuses to start without credentials unless that is an explicit choice."""
+    if not (config.webhook_token or config.webhook_basic_auth or config.allow_unauthenticated):
+        raise ConfigError([
+            f"{config.source}: webhook: no credentials configured: set NUDGE_WEBHOOK_TOKEN (or "
+            "webhook.token, or webhook.basic_auth), or set webhook.allow_unauthenticated: true "
+            "to accept alerts from anyone"
+        ])
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     *,
@@ -426,12 +436,6 @@ def _build(tree: dict, source: str, problems: list[str]) -> Config:
         else:
             basic_auth = (basic_user, basic_password)
     allow_unauthenticated = r.get("webhook.allow_unauthenticated", _bool, "true or false", False)
-    if not (token or basic_auth or allow_unauthenticated):
-        problems.append(
-            f"{source}: webhook: no credentials configured: set NUDGE_WEBHOOK_TOKEN (or "
-            "webhook.token, or webhook.basic_auth), or set webhook.allow_unauthenticated: true "
-            "to accept alerts from anyone"
-        )
     return Config(
         database=r.get("database", _path, "a file path", Path("var/nudge.db")),
         templates_dir=r.get("templates_dir", _path, "a folder path", Path("email_templates")),

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from app.cli import main
-from app.config import ConfigError, RuleOverride, load_config
+from app.config import ConfigError, RuleOverride, load_config, require_webhook_auth
 
 TOKEN_ENV = {"NUDGE_WEBHOOK_TOKEN": "x"}
 HAS_TRANSPORTS = importlib.util.find_spec("app.transports") is not None
@@ -66,12 +66,22 @@ def test_empty_file_means_defaults(tmp_path):
     assert config.default_cooldown == 86400.0
 
 
-def test_no_credentials_at_all_is_one_clear_problem():
+def test_no_credentials_at_all_is_one_clear_problem_for_the_receiver():
+    config = load_config(environ={})  # read-only commands (deliveries, check...) need none
     with pytest.raises(ConfigError) as excinfo:
-        load_config(environ={})
+        require_webhook_auth(config)
     (problem,) = excinfo.value.problems
     assert "NUDGE_WEBHOOK_TOKEN" in problem
     assert "allow_unauthenticated" in problem
+
+
+def test_serve_without_credentials_exits_before_starting(tmp_path, monkeypatch):
+    monkeypatch.delenv("NUDGE_WEBHOOK_TOKEN", raising=False)
+    path = write(tmp_path / "nudge.yml", f"database: {tmp_path / 'db' / 'n.db'}\n")
+    result = CliRunner().invoke(main, ["--config", str(path), "serve"])
+    assert result.exit_code == 2
+    assert "nudge: config:" in result.output and "NUDGE_WEBHOOK_TOKEN" in result.output
+    assert not (tmp_path / "db").exists()
 
 
 def test_allow_unauthenticated_loads_without_credentials(tmp_path):
@@ -389,7 +399,7 @@ def test_serve_with_a_broken_config_exits_before_starting_anything(tmp_path, mon
         monkeypatch.delenv(name, raising=False)
     database = tmp_path / "serve" / "nudge.db"
     metrics = tmp_path / "serve-metrics"
-    # Invalid on purpose (unknown key, workers 0, no credentials): loading must fail, so no
+    # Invalid on purpose (unknown key, workers 0): loading must fail, so no
     # server can start. The bind is a port nothing else should use, in case it ever did.
     path = write(
         tmp_path / "nudge.yml",
@@ -408,7 +418,7 @@ def test_serve_with_a_broken_config_exits_before_starting_anything(tmp_path, mon
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = result.stderr.splitlines()
-    assert len(lines) == 3, lines
+    assert len(lines) == 2, lines
     assert all(line.startswith("nudge: config: ") for line in lines)
     assert not database.exists()
     assert not database.parent.exists()
