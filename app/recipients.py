@@ -45,7 +45,10 @@ def choose_recipient(
         if candidates[source]:
             return RecipientChoice(candidates[source], source, user, False, f"address from {source}")
 
-    directory_down = directory is not None and directory.source in UNREACHABLE
+    # Only worth waiting for when the directory is one of the address sources.
+    directory_down = (
+        "directory" in order and directory is not None and directory.source in UNREACHABLE
+    )
     tried = []
     if "label" in order:
         tried.append("no address label")
