@@ -167,6 +167,11 @@ class Deliverer:
                               choice.address)
 
         self.rate_limiter.acquire()
+        if delivery.lease_until is not None and time.time() >= delivery.lease_until:
+            # Waited so long (rate limit, slow directory) that the claim expired: another
+            # claim may be sending it now. Sending too would be a duplicate; leave it to that.
+            log.warning("%s lease expired before sending; leaving it to the next claim", where)
+            return QUEUED
         started = time.perf_counter()
         try:
             transport.send(message)
@@ -204,5 +209,7 @@ class Deliverer:
 
     @staticmethod
     def _settle(db, delivery: Delivery, status: str, **fields) -> str:
-        settle(db, delivery, status, time.time(), **fields)
+        if not settle(db, delivery, status, time.time(), **fields):
+            log.warning("delivery=%s outcome %s recorded only in its attempt log: its lease "
+                        "expired and a newer claim owns it", delivery.id, status)
         return status

@@ -42,6 +42,7 @@ class Delivery:
     external_url: str
     created_at: str
     attempt_id: int | None = None
+    lease_until: float | None = None  # identifies this claim: a later claim has a later lease
 
     @property
     def created_epoch(self) -> float:
@@ -99,6 +100,7 @@ def claim_due_deliveries(
                     external_url=row[8],
                     created_at=row[9],
                     attempt_id=attempt_id,
+                    lease_until=now + lease,
                 )
             )
     claimed.sort(key=lambda delivery: delivery.id)
@@ -114,24 +116,31 @@ def settle(
     recipient: str | None = None,
     error: str | None = None,
     retry_at: float | None = None,
-) -> None:
-    """Record how this attempt ended: sent, queued again (retry_at), failed, dead, suppressed."""
+) -> bool:
+    """Record how this attempt ended: sent, queued again (retry_at), failed, dead, suppressed.
+
+    Only while this claim is still the delivery's current one; False when the lease ran out
+    and another claim took over (its outcome is the one that counts)."""
     attempt_outcome = "retry" if status == QUEUED else status
     with transaction(db):
-        db.execute(
+        current = db.execute(
             "UPDATE deliveries SET status = ?, lease_until = NULL, updated_at = ?, "
             "recipient = COALESCE(?, recipient), last_error = ?, "
             "next_attempt_at = COALESCE(?, next_attempt_at), "
             "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
-            "WHERE id = ?",
-            (status, iso(now), recipient, error, retry_at, status, iso(now), delivery.id),
-        )
+            "WHERE id = ? AND status = 'sending' AND lease_until = ?",
+            (status, iso(now), recipient, error, retry_at, status, iso(now), delivery.id,
+             delivery.lease_until),
+        ).rowcount
+        if not current:
+            attempt_outcome = f"{attempt_outcome} (after its lease expired)"
         if delivery.attempt_id is not None:
             db.execute(
                 "UPDATE attempts SET outcome = ?, finished_at = ?, recipient = ?, error = ? "
                 "WHERE id = ?",
                 (attempt_outcome, iso(now), recipient, error, delivery.attempt_id),
             )
+    return bool(current)
 
 
 def release(db: sqlite_utils.Database, delivery: Delivery, now: float) -> None:
@@ -139,8 +148,9 @@ def release(db: sqlite_utils.Database, delivery: Delivery, now: float) -> None:
     with transaction(db):
         db.execute(
             "UPDATE deliveries SET status = 'queued', lease_until = NULL, "
-            "attempts = attempts - 1, updated_at = ? WHERE id = ? AND status = 'sending'",
-            (iso(now), delivery.id),
+            "attempts = attempts - 1, updated_at = ? "
+            "WHERE id = ? AND status = 'sending' AND lease_until = ?",
+            (iso(now), delivery.id, delivery.lease_until),
         )
         if delivery.attempt_id is not None:
             db.execute("DELETE FROM attempts WHERE id = ?", (delivery.attempt_id,))
