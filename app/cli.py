@@ -124,7 +124,9 @@ def worker(ctx: Context, parent_pid: int | None) -> None:
     delivery_worker.run()
 
 
-def _print_rows(rows: list[dict], columns: list[str], as_json: bool, empty: str) -> None:
+def _print_rows(rows: list[dict], columns: list[str], as_json: bool, empty: str,
+                details=None) -> None:
+    """A table (or JSON); `details(row)` gives extra indented lines printed under a row."""
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -144,6 +146,8 @@ def _print_rows(rows: list[dict], columns: list[str], as_json: bool, empty: str)
                 text = text[: widths[column] - 1] + "…"
             cells.append(text.ljust(widths[column]))
         click.echo("  ".join(cells).rstrip())
+        for line in details(row) if details else ():
+            click.echo("    " + line)
 
 
 @main.command()
@@ -161,22 +165,18 @@ def deliveries(ctx: Context, user, rule, status, limit, show_attempts, as_json) 
     if show_attempts or as_json:
         for row in rows:
             row["attempt_log"] = list_attempts(db, row["id"])
-    if show_attempts and not as_json:
-        for row in rows:
-            _print_rows([row], ["id", "created_at", "rule", "user_id", "template", "kind",
-                                "status", "attempts", "recipient", "last_error"], False, "")
-            for attempt in row["attempt_log"]:
-                click.echo(f"    attempt {attempt['attempt']} {attempt['started_at']} "
-                           f"{attempt['outcome']} {attempt['error'] or ''}".rstrip())
-        if not rows:
-            click.echo("no deliveries")
-        return
+
+    def attempt_lines(row):
+        return [f"attempt {a['attempt']} {a['started_at']} {a['outcome']} {a['error'] or ''}".rstrip()
+                for a in row["attempt_log"]]
+
     _print_rows(
         rows,
         ["id", "created_at", "rule", "user_id", "template", "kind", "status", "attempts",
          "recipient", "next_attempt_at", "last_error"],
         as_json,
         "no deliveries",
+        attempt_lines if show_attempts else None,
     )
 
 
@@ -275,6 +275,9 @@ def _preview_context(config: Config, template: str, alert_file, labels, user_jso
     context = sample_context(template, labels=merged_labels or None, user=user, resolved=resolved)
     if alert:
         context["annotations"] = {**context["annotations"], **alert.get("annotations", {})}
+    # A sample (unsigned) token, but on this deployment's public URL, as the real link would be.
+    token = context["unsubscribe_url"].rsplit("/", 1)[-1]
+    context["unsubscribe_url"] = f"{config.public_url.rstrip('/')}/unsubscribe/{token}"
     return context
 
 
