@@ -58,10 +58,10 @@ demo-api: install
 	$(BIN)/python -m demo_api
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check app tests demo_api benchmarks
+	$(BIN)/ruff check .
 
 test: install-test
-	$(BIN)/ruff check app tests demo_api benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 check: install
