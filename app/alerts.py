@@ -144,7 +144,16 @@ def _optional_str(data: dict, key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise PayloadError(f"'{key}' must be a string")
+    _require_unicode(value, f"'{key}'")
     return value
+
+
+def _require_unicode(text: str, where: str) -> None:
+    # JSON can escape a lone surrogate ("\ud800"), which no UTF-8 text (or SQLite) can hold.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{where} contains invalid Unicode (a lone surrogate)") from None
 
 
 def _string_map(value: Any, where: str) -> dict[str, str]:
@@ -152,4 +161,7 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise PayloadError(f"{where} must be an object of names to strings")
+    for name, text in value.items():
+        _require_unicode(name, where)
+        _require_unicode(text, f"{where}.{name}" if name.isprintable() else where)
     return value

@@ -270,6 +270,9 @@ def test_unauthenticated_mode_must_be_explicit(config_data, caplog):
     (json.dumps({"version": "4", "alerts": [{"status": "firing", "labels": {},
                  "startsAt": 12}]}).encode(), "alerts[0].startsAt"),
     (json.dumps({"version": "4", "alerts": [], "truncatedAlerts": -1}).encode(), "truncatedAlerts"),
+    (b'{"version": "4", "alerts": [{"status": "firing", "startsAt": "2026-11-22T20:04:34Z", '
+     b'"labels": {"user_id": "\\ud800"}}]}', "alerts[0].labels.user_id contains invalid Unicode"),
+    (b'{"version": "4", "alerts": [], "receiver": "\\udfff"}', "'receiver' contains invalid Unicode"),
     (json.dumps({"version": "4", "alerts": [], "receiver": ["x"]}).encode(), "'receiver'"),
     (json.dumps({"version": "4", "alerts": [{"status": "firing", "labels": {}, "annotations": 5,
                  "startsAt": "2026-11-22T20:04:34Z"}]}).encode(), "annotations"),
