@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "url": None,
         "from": "Nudge <nudge@localhost>",
         "reply_to": None,
-        "connections": 4,
+        "connections": 10,
         "rate_limit": 0,
     },
     "delivery": {
@@ -479,7 +479,7 @@ def _build(tree: dict, source: str, problems: list[str]) -> Config:
         ),
         smtp_from=r.get("smtp.from", _text, "an address like 'Acme <noreply@acme.com>'", ""),
         smtp_reply_to=r.get("smtp.reply_to", _optional_text, "an address"),
-        smtp_connections=r.get("smtp.connections", _positive_int, "a whole number >= 1", 4),
+        smtp_connections=r.get("smtp.connections", _positive_int, "a whole number >= 1", 10),
         smtp_rate_limit=r.get("smtp.rate_limit", _non_negative_number, "messages/second, 0 = no limit", 0.0),
         max_attempts=r.get("delivery.max_attempts", _positive_int, "a whole number >= 1", 8),
         max_age=r.get("delivery.max_age", _positive_duration, "a duration", 86400.0),

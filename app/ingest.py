@@ -62,7 +62,8 @@ def store_notification(
                 ),
             ).lastrowid
             decisions = [
-                _decide_and_queue(db, alert, notification, notification_id, alert_policy, now)
+                _decide_and_queue(db, alert, notification, notification_id, alert_policy, now,
+                                  stamp)
                 for alert in notification.alerts
             ]
             db.conn.executemany(
@@ -98,6 +99,7 @@ def _decide_and_queue(
     notification_id: int,
     alert_policy: AlertPolicy,
     now: float,
+    stamp: str,
 ) -> Decision:
     verdict = policy.decide(alert, alert_policy)
     if isinstance(verdict, Skip):
@@ -107,8 +109,8 @@ def _decide_and_queue(
     if candidate.kind == "resolved" and not _exists(db, candidate.firing_key):
         return _skip(candidate, policy.RESOLVED_WITHOUT_FIRING_EMAIL, "no firing email was queued")
 
-    stamp = iso(now)
-    inserted = db.execute(
+    # db.conn directly: these run once per alert, and sqlite3 reuses the prepared statements.
+    inserted = db.conn.execute(
         "INSERT OR IGNORE INTO deliveries (dedup_key, notification_id, rule, user_id, template, "
         "kind, status, starts_at, alert, external_url, next_attempt_at, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
@@ -136,7 +138,7 @@ def _decide_and_queue(
     if candidate.kind == "firing" and candidate.cooldown:
         # One statement decides and claims the cooldown slot: it only moves forward when the
         # previous email for (rule, user) is older than the cooldown.
-        claimed = db.execute(
+        claimed = db.conn.execute(
             "INSERT INTO cooldowns (rule, user_id, last_queued_at) VALUES (?, ?, ?) "
             "ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at "
             "WHERE cooldowns.last_queued_at <= excluded.last_queued_at - ?",

@@ -131,7 +131,13 @@ class NudgeGunicorn(BaseApplication):
         self.options = {
             "bind": bind,
             "workers": workers,
-            "worker_class": "sync",
+            # Threads, not sync workers: a request waiting for SQLite's write lock or its
+            # fsync leaves the process free for the next one, and Alertmanager's keep-alive
+            # connections stay open (a sync worker closes each after one request and waits
+            # for the client's FIN). benchmarks/ measures both against the same settings.
+            "worker_class": "gthread",
+            "threads": 4,
+            "keepalive": 30,
             "timeout": 30,
             "graceful_timeout": 20,
             "errorlog": "-",

@@ -74,9 +74,11 @@ def receive() -> tuple[Response, int]:
             notification.receiver,
         )
     counts = {"queued": 0, "duplicate": 0, "skipped": 0}
+    per_reason: dict[tuple[str, str], int] = {}
     for decision in result.decisions:
         counts[decision.outcome] += 1
-        metrics.ALERT_DECISIONS.labels(decision.outcome, decision.reason).inc()
+        key = (decision.outcome, decision.reason)
+        per_reason[key] = per_reason.get(key, 0) + 1
         log.info(
             "decision rule=%s user=%s outcome=%s reason=%s%s: %s",
             decision.rule,
@@ -86,6 +88,9 @@ def receive() -> tuple[Response, int]:
             f" delivery={decision.delivery_id}" if decision.outcome == QUEUED else "",
             decision.detail,
         )
+    # One increment per (outcome, reason), not per alert: a 1,000-alert group is one update.
+    for (outcome, reason), count in per_reason.items():
+        metrics.ALERT_DECISIONS.labels(outcome, reason).inc(count)
     return _answer(200, None, notification_id=result.notification_id, **counts)
 
 

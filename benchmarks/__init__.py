@@ -1,0 +1,1 @@
+"""Nudge's benchmark suite: `make bench` (python -m benchmarks.run). See benchmarks/README.md."""

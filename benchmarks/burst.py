@@ -1,0 +1,88 @@
+"""Benchmark 6: a burst of alerts for distinct users, through `nudge serve` until the queue is empty.
+
+The load generator POSTs the burst in payloads of `burst_alerts_per_post` alerts over 2
+connections as fast as Nudge answers; the delivery worker drains the queue meanwhile to the
+SMTP sink with the recommended smtp.connections. Reported: peak RSS (VmHWM) of every Nudge
+process, time until every email was accepted and the queue is empty, and the delivery rate
+while the burst was being ingested against the rate after it.
+
+The sink adds no latency here (a relay on the same host), so draining is bound by Nudge's
+own CPU: with 20 ms per command and 10 connections the floor would be 100,000 x 60 ms / 10
+= 10 minutes, longer than the whole suite may take.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from benchmarks.harness import (
+    RECOMMENDED_CONNECTIONS,
+    Figure,
+    Nudge,
+    Result,
+    SmtpSink,
+    loadgen,
+    nudge_config,
+)
+from benchmarks.sizes import Sizes
+
+LATENCY = 0.0
+RSS_TARGET_MB = 200
+
+
+def _latency_text(latency: float) -> str:
+    return f"adding {latency * 1000:.0f} ms per command" if latency else "adding no latency"
+
+
+def run(number: int, sizes: Sizes, workdir: Path, latency: float = LATENCY) -> Result:
+    started = time.monotonic()
+    count, per_post = sizes.burst_alerts, sizes.burst_alerts_per_post
+    result = Result(number, f"Burst of {count:,} alerts for distinct users ({per_post:,} per "
+                            f"POST), SMTP server {_latency_text(latency)}, "
+                            f"smtp.connections={RECOMMENDED_CONNECTIONS}")
+    sink = SmtpSink(workdir, latency=latency)
+    nudge = Nudge(workdir, nudge_config(workdir, smtp_url=sink.url,
+                                        connections=RECOMMENDED_CONNECTIONS)).start()
+    try:
+        sent = loadgen({"mode": "fixed", "url": nudge.url, "prefix": "burst",
+                        "posts": count // per_post, "alerts_per_post": per_post, "clients": 2})
+        if sent["errors"]:
+            raise RuntimeError(f"{sent['errors']} webhook POSTs were not answered 200")
+        sink.wait_for(count, timeout=300 + count * 0.05, others=[nudge.process])
+        wait_empty = time.time()
+        while nudge.queue_depth() and time.time() - wait_empty < 60:
+            time.sleep(0.2)
+        depth = nudge.queue_depth()
+        memory = nudge.memory()
+    finally:
+        nudge.stop()
+        sink.stop()
+
+    start, ingest_end = sent["start"], sent["end"]
+    times = sorted(t for t, _id, _rcpt in sink.log.accepted)
+    drained = times[-1] - start
+    during = sum(1 for t in times if t <= ingest_end) / max(1e-9, ingest_end - start)
+    after_times = [t for t in times if t > ingest_end]
+    after = (len(after_times) / (after_times[-1] - ingest_end)) if after_times else None
+
+    result.figures.append(Figure(
+        "time until every email is accepted and the queue is empty", drained, "s",
+    ))
+    for what, pid, peak, _now in sorted(memory):
+        result.figures.append(Figure(
+            f"peak RSS, {what} (pid {pid})", peak, "MB",
+            target=f"<= {RSS_TARGET_MB}", target_on_value=True,
+        ))
+    result.figures.append(Figure(
+        "delivery rate while the burst was being ingested", during, "emails/s",
+        baseline=after, baseline_label="delivery rate after ingest finished",
+    ))
+    result.notes += [
+        f"ingest took {ingest_end - start:.1f}s ({count / (ingest_end - start):,.0f} alerts/s); "
+        f"{len(times):,} emails accepted; queue depth at the end: {depth}",
+        "\"ingest must not slow delivery to a crawl\": compare the delivery rate during ingest "
+        "with the rate after it (ratio above)",
+    ]
+    result.seconds = time.monotonic() - started
+    return result

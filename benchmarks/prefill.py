@@ -1,0 +1,84 @@
+"""Fill a Nudge database with queued deliveries, and render the same emails without Nudge.
+
+`prefill` goes through Nudge's own ingest (store_notification), exactly what POST /webhook
+commits, so the delivery worker finds the queue a burst of webhooks would leave.
+`render_messages` builds the messages the delivery worker would send for those deliveries
+(same template, context, headers), flattened to the bytes smtplib puts on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+from app.alerts import parse_notification, parse_time
+from app.config import load_config
+from app.db import connect, migrate
+from app.ingest import store_notification
+from app.messages import build_message, message_id_for
+from app.policy import AlertPolicy
+from app.rendering import build_environment, render_email
+from app.suppressions import ALL, unsubscribe_url
+from benchmarks import payloads
+
+CHUNK = 1000
+
+
+def prefill(config: dict, prefix: str, count: int) -> None:
+    """Queue `count` deliveries (distinct users) in the database of `config`."""
+    nudge = load_config(data=config, environ={})
+    migrate(nudge.database)
+    db = connect(nudge.database)
+    policy = AlertPolicy.from_config(nudge)
+    try:
+        for start in range(0, count, CHUNK):
+            users = [payloads.user_id(prefix, start // CHUNK, index)
+                     for index in range(min(CHUNK, count - start))]
+            body = json.dumps(payloads.notification(users))
+            store_notification(db, body, parse_notification(json.loads(body)), policy, time.time())
+    finally:
+        db.close()
+
+
+def render_messages(config: dict, prefix: str, count: int) -> list[tuple[str, str, bytes]]:
+    """(sender, recipient, wire bytes) for the emails Nudge would send after `prefill`."""
+    nudge = load_config(data=config, environ={})
+    env = build_environment(nudge.templates_dir)
+    key = nudge.resolved_secret_key()
+    domain = "127.0.0.1"
+    out = []
+    for number in range(count):
+        user = payloads.user_id(prefix, number // CHUNK, number % CHUNK)
+        alert = payloads.alert(user)
+        recipient = payloads.email_for(user)
+        context = {
+            "labels": alert["labels"],
+            "annotations": alert["annotations"],
+            "alert": {"status": "firing", "starts_at": parse_time(alert["startsAt"]),
+                      "ends_at": None, "generator_url": alert["generatorURL"],
+                      "fingerprint": alert["fingerprint"]},
+            "rule": payloads.RULE,
+            "user_id": user,
+            "user": {},
+            "recipient": recipient,
+            "unsubscribe_url": unsubscribe_url(nudge.public_url, key, user, payloads.RULE),
+            "external_url": "http://alertmanager:9093",
+            "now": datetime.now(UTC),
+        }
+        rendered = render_email(env, payloads.TEMPLATE, context)
+        message: EmailMessage = build_message(
+            sender=nudge.smtp_from, recipient=recipient, subject=rendered.subject,
+            text=rendered.text, html=rendered.html,
+            message_id=message_id_for(number + 1, domain),
+            unsubscribe_url=unsubscribe_url(nudge.public_url, key, user, ALL),
+        )
+        wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        out.append((nudge.smtp_from, recipient, wire))
+    return out
+
+
+def database_path(config: dict) -> Path:
+    return Path(config["database"])

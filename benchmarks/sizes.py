@@ -1,0 +1,30 @@
+"""How big each benchmark runs: full (`make bench`), --quick, and tiny (the smoke tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    name: str
+    ingest_warmup: float  # seconds before the measured window
+    ingest_duration: float  # seconds measured, per side
+    ingest_rounds: int  # baseline and Nudge alternate this many times; the median counts
+    delivery_per_connection: int  # messages per SMTP connection in the delivery benchmark
+    alertmanager_emails: int
+    latency_alerts: int
+    latency_rate: float  # alerts (POSTs) per second
+    burst_alerts: int
+    burst_alerts_per_post: int
+
+
+FULL = Sizes("full", ingest_warmup=2, ingest_duration=12, ingest_rounds=2,
+             delivery_per_connection=120, alertmanager_emails=1000, latency_alerts=1000,
+             latency_rate=25, burst_alerts=100_000, burst_alerts_per_post=1000)
+QUICK = Sizes("quick", ingest_warmup=1, ingest_duration=5, ingest_rounds=1,
+              delivery_per_connection=30, alertmanager_emails=200, latency_alerts=200,
+              latency_rate=25, burst_alerts=5_000, burst_alerts_per_post=1000)
+TINY = Sizes("tiny", ingest_warmup=0.3, ingest_duration=1.0, ingest_rounds=1,
+             delivery_per_connection=4, alertmanager_emails=8, latency_alerts=10,
+             latency_rate=20, burst_alerts=200, burst_alerts_per_post=50)

@@ -1,0 +1,56 @@
+"""Every benchmark runs end to end at tiny size and reports its figures, so the suite cannot rot.
+
+These never assert speed: `make bench` measures, the tests only check that it still can.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.alertmanager import find_alertmanager
+from benchmarks.harness import ROOT
+from benchmarks.run import BENCHMARKS
+
+
+def run_tiny(tmp_path, number: int) -> tuple[dict, str]:
+    results = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", str(number),
+         "--workdir", str(tmp_path / "work"), "--json", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads(results.read_text())["results"]
+    return result, done.stdout
+
+
+@pytest.mark.parametrize("number", [n for n in sorted(BENCHMARKS) if n != 4])
+def test_benchmark_runs_and_reports_its_figures(tmp_path, number):
+    result, output = run_tiny(tmp_path, number)
+    assert result["number"] == number and result["skipped"] is None
+    assert result["figures"], output
+    for figure in result["figures"]:
+        assert isinstance(figure["value"], int | float) and figure["value"] >= 0, figure
+        if figure["baseline"] is not None:
+            assert figure["ratio"] is not None, figure
+    assert f"{number}. " in output and "cores" in output
+
+
+def test_alertmanager_comparison_runs_or_says_why_not(tmp_path):
+    result, output = run_tiny(tmp_path, 4)
+    if find_alertmanager() is None:
+        assert "SKIPPED" in output and "ALERTMANAGER_BIN" in result["skipped"]
+        return
+    assert result["skipped"] is None, output
+    (figure,) = result["figures"]
+    assert figure["value"] > 0 and figure["baseline"] > 0 and figure["ratio"] > 0
+
+
+def test_only_rejects_an_unknown_benchmark():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "99"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "no benchmark 99" in done.stderr
