@@ -130,8 +130,11 @@ def _decide_and_queue(
         ),
     )
     if inserted.rowcount == 0:
-        reason, detail = policy.duplicate_reason(candidate)
-        return Decision(candidate.rule, candidate.user_id, DUPLICATE, reason, detail, None,
+        (original,) = db.conn.execute(
+            "SELECT id FROM deliveries WHERE dedup_key = ?", (candidate.dedup_key,)
+        ).fetchone()
+        reason, detail = policy.duplicate_reason(candidate, original)
+        return Decision(candidate.rule, candidate.user_id, DUPLICATE, reason, detail, original,
                         candidate.template)
     delivery_id = inserted.lastrowid
 

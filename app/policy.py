@@ -143,10 +143,15 @@ def dedup_key(rule: str, user_id: str, kind: str, starts_at: str, cooldown: floa
     return "\x1f".join((rule, user_id, kind, episode))
 
 
-def duplicate_reason(candidate: Candidate) -> tuple[str, str]:
+def duplicate_reason(candidate: Candidate, original_delivery: int) -> tuple[str, str]:
     if candidate.cooldown is None:
-        return ONCE_EVER, "cooldown is forever and this user already had this email"
-    return SAME_EPISODE, "this firing episode (same startsAt) already has a delivery"
+        return ONCE_EVER, (
+            f"cooldown is forever and this user already had this email (delivery "
+            f"{original_delivery})"
+        )
+    return SAME_EPISODE, (
+        f"this firing episode (same startsAt) already has delivery {original_delivery}"
+    )
 
 
 def cooldown_detail(candidate: Candidate, last_queued_at: str) -> str:

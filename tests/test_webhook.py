@@ -74,6 +74,10 @@ def test_repeat_of_the_same_episode_is_a_duplicate_not_a_second_delivery(client,
     decisions = list_decisions(connect(app.config["NUDGE"].database), user="u2")
     assert [d["outcome"] for d in decisions] == ["duplicate"] * 3 + ["queued"]
     assert decisions[0]["reason"] == "same_episode"
+    # Each repeat points at the delivery it repeats, so "why only one email?" has an answer.
+    (delivery,) = rows(app, "deliveries")
+    assert {d["delivery_id"] for d in decisions} == {delivery["id"]}
+    assert f"already has delivery {delivery['id']}" in decisions[0]["detail"]
 
 
 def test_new_episode_within_cooldown_is_skipped_with_reason(client, app, auth):
