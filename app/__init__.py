@@ -10,6 +10,7 @@ from flask import Flask, jsonify
 
 from app.config import Config, load_config, require_webhook_auth
 from app.db import migrate
+from app.policy import AlertPolicy
 from app.storage import ConnectionPerThread
 
 log = logging.getLogger("nudge")
@@ -32,6 +33,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["SECRET_KEY"] = config.resolved_secret_key()
     app.extensions["nudge_db"] = ConnectionPerThread(config.database)
+    app.extensions["nudge_policy"] = AlertPolicy.from_config(config)
 
     from app import observability, unsubscribe, webhook
 

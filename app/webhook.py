@@ -22,7 +22,6 @@ from app.alerts import PayloadError, parse_json, parse_notification
 from app.config import Config
 from app.db import StorageError
 from app.ingest import QUEUED, store_notification
-from app.policy import AlertPolicy
 from app.storage import database
 
 log = logging.getLogger("nudge.webhook")
@@ -49,7 +48,7 @@ def receive() -> tuple[Response, int]:
 
     try:
         result = store_notification(
-            database(), text, notification, AlertPolicy.from_config(config), time.time()
+            database(), text, notification, current_app.extensions["nudge_policy"], time.time()
         )
     except (StorageError, sqlite3.Error) as exc:
         log.error("storage unavailable, answering 503 so Alertmanager retries: %s", exc)

@@ -15,6 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
+from urllib.parse import urlsplit
 
 from app.config import Config
 from app.db import connect
@@ -148,8 +149,6 @@ def _close_quietly(transport) -> None:
 
 
 def _redact(url: str) -> str:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
