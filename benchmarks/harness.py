@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import yaml
 
 from app.config import DEFAULTS
 from benchmarks.smtp_sink import SinkLog
+from demo_api.loop import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -29,17 +29,20 @@ TOKEN = "bench-token"
 RECOMMENDED_CONNECTIONS = DEFAULTS["smtp"]["connections"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("NUDGE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(extra)
     return env
+
+
+def http_ready(process, url: str) -> bool:
+    """Whether a server answers 200 on /-/ready; raises if its process has died."""
+    process.check_alive()
+    try:
+        return requests.get(url + "/-/ready", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
@@ -309,11 +312,7 @@ class Nudge:
         return self
 
     def _ready(self) -> bool:
-        self.process.check_alive()
-        try:
-            return requests.get(self.url + "/-/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        return http_ready(self.process, self.url)
 
     def memory(self) -> list[tuple[str, int, float, float]]:
         """(what, pid, peak RSS MB, RSS MB) for every process of this Nudge."""
@@ -356,11 +355,7 @@ class BaselineReceiver:
         wait_until(self._ready, 60, "the baseline receiver to be ready")
 
     def _ready(self) -> bool:
-        self.process.check_alive()
-        try:
-            return requests.get(self.url + "/-/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        return http_ready(self.process, self.url)
 
     def stop(self) -> None:
         self.process.stop()
