@@ -9,9 +9,9 @@ from typing import Any
 from flask import Flask, jsonify
 
 from app.config import Config, load_config, require_webhook_auth
-from app.db import migrate
+from app.journal import Journal
 from app.policy import AlertPolicy
-from app.storage import ConnectionPerThread
+from app.store import open_store
 
 log = logging.getLogger("nudge")
 
@@ -25,14 +25,16 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
     elif not isinstance(config, Config):
         config = load_config(data=config, environ={})
     require_webhook_auth(config)
+    store = open_store(config.database)
     if prepare_database:
-        migrate(config.database)
+        store.migrate()
 
     app = Flask(__name__)
     app.config["NUDGE"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["SECRET_KEY"] = config.resolved_secret_key()
-    app.extensions["nudge_db"] = ConnectionPerThread(config.database)
+    app.extensions["nudge_store"] = store
+    app.extensions["nudge_journal"] = Journal(store)
     app.extensions["nudge_policy"] = AlertPolicy.from_config(config)
 
     from app import observability, unsubscribe, webhook

@@ -7,14 +7,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from app.config import Config, ConfigError, load_config, require_webhook_auth
-from app.db import StorageError, connect, migrate
-from app.queue import STATUSES, list_attempts, list_decisions, list_deliveries
-from app.suppressions import ALL, add_suppression, list_suppressions, remove_suppression
+from app.store import STATUSES, StorageError, Store, open_store
+from app.suppressions import ALL
 
 
 def _config_failure(exc: ConfigError) -> None:
@@ -45,10 +45,11 @@ class Context:
             _config_failure(exc)
         return self.config
 
-    def database(self):
+    def store(self) -> Store:
         try:
-            migrate(self.config.database)
-            return connect(self.config.database)
+            store = open_store(self.config.database)
+            store.migrate()
+            return store
         except StorageError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -109,7 +110,7 @@ def worker(ctx: Context, parent_pid: int | None) -> None:
     configure_logging()
     config = ctx.config
     try:
-        migrate(config.database)
+        open_store(config.database).migrate()
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
     delivery_worker = DeliveryWorker(config)
@@ -160,11 +161,11 @@ def _print_rows(rows: list[dict], columns: list[str], as_json: bool, empty: str,
 @pass_context
 def deliveries(ctx: Context, user, rule, status, limit, show_attempts, as_json) -> None:
     """List deliveries, newest first: what was queued, sent, retried or failed, and why."""
-    db = ctx.database()
-    rows = list_deliveries(db, user=user, rule=rule, status=status, limit=limit)
+    store = ctx.store()
+    rows = store.list_deliveries(user=user, rule=rule, status=status, limit=limit)
     if show_attempts or as_json:
         for row in rows:
-            row["attempt_log"] = list_attempts(db, row["id"])
+            row["attempt_log"] = store.list_attempts(row["id"])
 
     def attempt_lines(row):
         return [f"attempt {a['attempt']} {a['started_at']} {a['outcome']} {a['error'] or ''}".rstrip()
@@ -188,7 +189,7 @@ def deliveries(ctx: Context, user, rule, status, limit, show_attempts, as_json) 
 @pass_context
 def decisions(ctx: Context, user, rule, limit, as_json) -> None:
     """List per-alert decisions (queued / duplicate / skipped) with the reason, newest first."""
-    rows = list_decisions(ctx.database(), user=user, rule=rule, limit=limit)
+    rows = ctx.store().list_decisions(user=user, rule=rule, limit=limit)
     _print_rows(
         rows,
         ["id", "created_at", "rule", "user_id", "alert_status", "outcome", "reason",
@@ -210,7 +211,7 @@ def suppress() -> None:
 def suppress_add(ctx: Context, user_id: str, rule: str | None) -> None:
     """Stop emails to USER_ID (all of them, or one rule's)."""
     scope = rule or ALL
-    new = add_suppression(ctx.database(), user_id, scope, "cli")
+    new = ctx.store().add_suppression(user_id, scope, "cli", time.time())
     what = "all emails" if scope == ALL else f"rule {scope}"
     click.echo(f"suppressed {user_id} for {what}" + ("" if new else " (already suppressed)"))
 
@@ -222,7 +223,7 @@ def suppress_add(ctx: Context, user_id: str, rule: str | None) -> None:
 def suppress_remove(ctx: Context, user_id: str, rule: str | None) -> None:
     """Allow emails to USER_ID again."""
     scope = rule or ALL
-    if not remove_suppression(ctx.database(), user_id, scope):
+    if not ctx.store().remove_suppression(user_id, scope):
         what = "all emails" if scope == ALL else f"rule {scope}"
         raise click.ClickException(f"{user_id} is not suppressed for {what}")
     click.echo(f"removed suppression of {user_id} ({'all' if scope == ALL else scope})")
@@ -234,7 +235,7 @@ def suppress_remove(ctx: Context, user_id: str, rule: str | None) -> None:
 @pass_context
 def suppress_list(ctx: Context, user: str | None, as_json: bool) -> None:
     """List suppressed users and scopes."""
-    rows = list_suppressions(ctx.database(), user)
+    rows = ctx.store().list_suppressions(user)
     _print_rows(rows, ["user_id", "scope", "source", "created_at"], as_json, "no suppressions")
 
 

@@ -17,17 +17,15 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import sqlite_utils
-
 from app import metrics
 from app.alerts import parse_time
 from app.config import Config
 from app.directory import DirectoryClient, StaticDirectory, directory_headers_from_env
 from app.messages import build_message, message_id_for
-from app.queue import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, settle
 from app.recipients import choose_recipient
 from app.rendering import TemplateError, build_environment, render_email
-from app.suppressions import ALL, is_suppressed, suppression_scopes, unsubscribe_url
+from app.store import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, Store
+from app.suppressions import ALL, is_suppressed, unsubscribe_url
 from app.transports import RateLimiter, Transport, TransportError
 
 log = logging.getLogger("nudge.delivery")
@@ -91,8 +89,9 @@ def template_context(
 class Deliverer:
     """What sending needs, built once per worker process and shared by its sender threads."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, store: Store):
         self.config = config
+        self.store = store
         self.secret_key = config.resolved_secret_key()
         self.templates = build_environment(config.templates_dir)
         self.retry_policy = RetryPolicy.from_config(config)
@@ -114,15 +113,15 @@ class Deliverer:
         if self.directory:
             self.directory.close()
 
-    def deliver(self, db: sqlite_utils.Database, transport: Transport, delivery: Delivery) -> str:
+    def deliver(self, transport: Transport, delivery: Delivery) -> str:
         """Send one claimed delivery and record the outcome; returns the new status."""
         labels = delivery.alert.get("labels", {})
         where = f"delivery={delivery.id} rule={delivery.rule} user={delivery.user_id}"
 
-        if is_suppressed(suppression_scopes(db, delivery.user_id), delivery.rule):
+        if is_suppressed(self.store.suppression_scopes(delivery.user_id), delivery.rule):
             metrics.EMAILS_SUPPRESSED.labels(delivery.template).inc()
             log.info("%s suppressed: the user unsubscribed", where)
-            return self._settle(db, delivery, SUPPRESSED, error="user unsubscribed")
+            return self._settle(delivery, SUPPRESSED, error="user unsubscribed")
 
         static = self.static.lookup(delivery.user_id) if self.static else None
         directory = self.directory.lookup(delivery.user_id) if self.directory else None
@@ -131,8 +130,8 @@ class Deliverer:
         )
         if choice.address is None:
             if choice.retry_later:
-                return self._retry(db, delivery, choice.reason, where)
-            return self._fail(db, delivery, "no_recipient", choice.reason, where)
+                return self._retry(delivery, choice.reason, where)
+            return self._fail(delivery, "no_recipient", choice.reason, where)
 
         body_link = unsubscribe_url(
             self.config.public_url, self.secret_key, delivery.user_id, delivery.rule
@@ -160,10 +159,10 @@ class Deliverer:
                 reply_to=self.config.smtp_reply_to,
             )
         except TemplateError as exc:
-            return self._fail(db, delivery, "render_error", f"template error: {exc}", where,
+            return self._fail(delivery, "render_error", f"template error: {exc}", where,
                               choice.address)
         except ValueError as exc:
-            return self._fail(db, delivery, "bad_message", f"cannot build message: {exc}", where,
+            return self._fail(delivery, "bad_message", f"cannot build message: {exc}", where,
                               choice.address)
 
         self.rate_limiter.acquire()
@@ -177,16 +176,16 @@ class Deliverer:
             transport.send(message)
         except TransportError as exc:
             if exc.permanent:
-                return self._fail(db, delivery, "rejected", str(exc), where, choice.address)
-            return self._retry(db, delivery, str(exc), where, choice.address)
+                return self._fail(delivery, "rejected", str(exc), where, choice.address)
+            return self._retry(delivery, str(exc), where, choice.address)
         finally:
             metrics.SEND_DURATION.observe(time.perf_counter() - started)
         metrics.EMAILS_SENT.labels(delivery.template).inc()
         log.info("%s sent to %s (%s, user data: %s)", where, choice.address, choice.source,
                  directory.source if directory else "none")
-        return self._settle(db, delivery, SENT, recipient=choice.address)
+        return self._settle(delivery, SENT, recipient=choice.address)
 
-    def _retry(self, db, delivery: Delivery, error: str, where: str, recipient=None) -> str:
+    def _retry(self, delivery: Delivery, error: str, where: str, recipient=None) -> str:
         now = time.time()
         delay = next_retry(
             self.retry_policy, delivery.attempts, now - delivery.created_epoch, random.random()
@@ -194,22 +193,21 @@ class Deliverer:
         if delay is None:
             metrics.EMAILS_DEAD.labels(delivery.template).inc()
             log.error("%s dead after %d attempts: %s", where, delivery.attempts, error)
-            return self._settle(db, delivery, DEAD, recipient=recipient, error=error)
+            return self._settle(delivery, DEAD, recipient=recipient, error=error)
         metrics.EMAILS_RETRIED.labels(delivery.template).inc()
         log.warning("%s attempt %d failed, retrying in %.0fs: %s", where, delivery.attempts,
                     delay, error)
-        return self._settle(db, delivery, QUEUED, recipient=recipient, error=error,
+        return self._settle(delivery, QUEUED, recipient=recipient, error=error,
                             retry_at=now + delay)
 
-    def _fail(self, db, delivery: Delivery, reason: str, error: str, where: str,
+    def _fail(self, delivery: Delivery, reason: str, error: str, where: str,
               recipient=None) -> str:
         metrics.EMAILS_FAILED.labels(delivery.template, reason).inc()
         log.error("%s failed: %s", where, error)
-        return self._settle(db, delivery, FAILED, recipient=recipient, error=error)
+        return self._settle(delivery, FAILED, recipient=recipient, error=error)
 
-    @staticmethod
-    def _settle(db, delivery: Delivery, status: str, **fields) -> str:
-        if not settle(db, delivery, status, time.time(), **fields):
+    def _settle(self, delivery: Delivery, status: str, **fields) -> str:
+        if not self.store.settle(delivery, status, time.time(), **fields):
             log.warning("delivery=%s outcome %s recorded only in its attempt log: its lease "
                         "expired and a newer claim owns it", delivery.id, status)
         return status

@@ -11,7 +11,21 @@ WEBHOOK_REQUESTS = Counter(
     "nudge_webhook_requests", "Webhook requests answered, by HTTP status code", ["code"]
 )
 NOTIFICATIONS = Counter(
-    "nudge_notifications_received", "Alertmanager notifications durably stored", ["receiver"]
+    "nudge_notifications_received",
+    "Alertmanager notifications durably appended to the journal (answered 200)", ["receiver"]
+)
+NOTIFICATIONS_DECIDED = Counter(
+    "nudge_notifications_decided", "Journaled notifications turned into decisions by the decider"
+)
+DECISION_LAG = Histogram(
+    "nudge_decision_lag_seconds",
+    "Time from a notification's 200 to its decisions being committed (oldest of each batch)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+JOURNAL_COMMIT_SIZE = Histogram(
+    "nudge_journal_commit_notifications",
+    "Notifications made durable by one journal commit (group commit shares one fsync)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 ALERT_DECISIONS = Counter(
     "nudge_alert_decisions",

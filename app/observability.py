@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 
 from flask import Blueprint, Response, current_app
@@ -16,18 +15,18 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from app.db import MIGRATIONS, StorageError, schema_version
-from app.queue import queue_stats
-from app.storage import database
+from app.storage import store
+from app.store import StorageError
 
 blueprint = Blueprint("observability", __name__)
 
 
 class QueueCollector:
-    """Queue depth and age, read from the database at scrape time (true across processes)."""
+    """Queue depth and age, and the journal's backlog, read from the database at scrape time
+    (true across processes)."""
 
-    def __init__(self, get_db):
-        self.get_db = get_db
+    def __init__(self, get_store):
+        self.get_store = get_store
 
     def collect(self):
         depth = GaugeMetricFamily(
@@ -36,14 +35,25 @@ class QueueCollector:
         age = GaugeMetricFamily(
             "nudge_queue_oldest_age_seconds", "Age of the oldest delivery waiting to be sent"
         )
+        backlog = GaugeMetricFamily(
+            "nudge_journal_pending_notifications",
+            "Notifications answered 200 and not yet decided",
+        )
+        backlog_age = GaugeMetricFamily(
+            "nudge_journal_oldest_pending_age_seconds",
+            "Age of the oldest notification not yet decided (the decider's lag)",
+        )
         try:
-            stats = queue_stats(self.get_db(), time.time())
-        except (sqlite3.Error, StorageError):
+            now = time.time()
+            stats = self.get_store().queue_stats(now)
+            journal = self.get_store().journal_stats(now)
+        except StorageError:
             return
         depth.add_metric([], stats.depth)
         age.add_metric([], stats.oldest_age)
-        yield depth
-        yield age
+        backlog.add_metric([], journal.pending)
+        backlog_age.add_metric([], journal.oldest_age)
+        yield from (depth, age, backlog, backlog_age)
 
 
 @blueprint.get("/metrics")
@@ -54,7 +64,7 @@ def metrics() -> Response:
     else:
         registry = REGISTRY
     queue = CollectorRegistry(auto_describe=False)
-    queue.register(QueueCollector(database))
+    queue.register(QueueCollector(store))
     body = generate_latest(registry) + generate_latest(queue)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
@@ -67,14 +77,8 @@ def healthy() -> Response:
 @blueprint.get("/-/ready")
 def ready() -> Response:
     try:
-        version = schema_version(database())
-    except (sqlite3.Error, StorageError) as exc:
-        current_app.logger.warning("not ready: database unreachable: %s", exc)
-        return Response("Service Unavailable: database unreachable\n", 503, mimetype="text/plain")
-    if version != len(MIGRATIONS):
-        return Response(
-            f"Service Unavailable: database schema {version}, expected {len(MIGRATIONS)}\n",
-            503,
-            mimetype="text/plain",
-        )
+        store().check_ready()
+    except StorageError as exc:
+        current_app.logger.warning("not ready: %s", exc)
+        return Response(f"Service Unavailable: {exc}\n", 503, mimetype="text/plain")
     return Response("Nudge is Ready.\n", mimetype="text/plain")

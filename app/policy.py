@@ -6,9 +6,10 @@ from the rule's annotations (`nudge_cooldown`, `nudge_send_resolved`), else nudg
 `alerts.rules.<alertname>`, else the `alerts` defaults.
 
 Deduplication is by a key: one delivery per (rule, user, firing episode), where the episode
-is the alert's startsAt, or per (rule, user) ever when the cooldown is `forever`. The key
-is a UNIQUE column in the database, so repeats, HA pairs and retried POSTs collapse there
-atomically. The cooldown between episodes is enforced in the same transaction (ingest.py).
+is the alert's startsAt, or per (rule, user) ever when the cooldown is `forever`. `judge`
+gives the verdict for a candidate from the facts the store hands it (which keys already have
+a delivery, when each (rule, user) was last emailed); the store keeps those facts true until
+the verdicts are recorded, and the key is also a UNIQUE column as a last line of defence.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.alerts import Alert
+from app.clock import iso
 from app.config import Config, RuleOverride
 from app.durations import format_duration, parse_cooldown
+from app.store import Facts
 
 COOLDOWN_ANNOTATION = "nudge_cooldown"
 SEND_RESOLVED_ANNOTATION = "nudge_send_resolved"
+
+# Outcomes of a decision.
+QUEUED, DUPLICATE, SKIPPED = "queued", "duplicate", "skipped"
 
 # Reasons are metric label values: keep this set small and fixed.
 NO_USER_LABEL = "no_user_label"
@@ -159,3 +165,38 @@ def cooldown_detail(candidate: Candidate, last_queued_at: str) -> str:
         f"last email for this rule and user was queued at {last_queued_at}; "
         f"cooldown is {format_duration(candidate.cooldown)}"
     )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # QUEUED | DUPLICATE | SKIPPED
+    reason: str
+    detail: str
+    delivery_id: int | None = None  # the delivery a duplicate repeats
+
+
+def judge(candidate: Candidate, facts: Facts, now: float) -> Verdict:
+    """Queue, duplicate or cooldown: the verdict for one candidate, given what is stored."""
+    if candidate.kind == "resolved" and candidate.firing_key not in facts.deliveries:
+        return Verdict(SKIPPED, RESOLVED_WITHOUT_FIRING_EMAIL, "no firing email was queued")
+    original = facts.deliveries.get(candidate.dedup_key)
+    if original is not None:
+        reason, detail = duplicate_reason(candidate, original)
+        return Verdict(DUPLICATE, reason, detail, original)
+    if takes_cooldown(candidate):
+        last = facts.last_queued.get((candidate.rule, candidate.user_id))
+        if last is not None and last > now - candidate.cooldown:
+            return Verdict(SKIPPED, COOLDOWN, cooldown_detail(candidate, iso(last)))
+    return Verdict(QUEUED, NEW_EPISODE, f"{candidate.kind} email {candidate.template!r} queued")
+
+
+def takes_cooldown(candidate: Candidate) -> bool:
+    """Firing emails with a finite, non-zero cooldown space out the emails of (rule, user)."""
+    return candidate.kind == "firing" and bool(candidate.cooldown)
+
+
+def remember_queued(facts: Facts, candidate: Candidate, delivery_id: int, now: float) -> None:
+    """What the next candidates of the same batch must see once this one is queued."""
+    facts.deliveries[candidate.dedup_key] = delivery_id
+    if takes_cooldown(candidate):
+        facts.last_queued[(candidate.rule, candidate.user_id)] = now

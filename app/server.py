@@ -24,7 +24,7 @@ from pathlib import Path
 from gunicorn.app.base import BaseApplication
 
 from app.config import Config
-from app.db import migrate
+from app.store import open_store
 
 log = logging.getLogger("nudge.server")
 
@@ -84,7 +84,8 @@ class Child:
 
 def serve(config: Config, config_path: str | None, bind: str, workers: int) -> int:
     configure_logging()
-    migrate(config.database)
+    store = open_store(config.database)
+    store.migrate()
     config.resolved_secret_key()
     prepare_metrics_dir(config)
 
@@ -102,7 +103,7 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
     receiver.start()
     worker.start()
     log.info("Nudge serving on http://%s (%d receiver workers + delivery worker), database %s",
-             bind, workers, config.database)
+             bind, workers, store.description)
 
     exit_code = 0
     restart_delay = 1.0
@@ -145,6 +146,7 @@ class NudgeGunicorn(BaseApplication):
             "proc_name": "nudge-receiver",
             "control_socket_disable": True,
             "child_exit": _child_exit,
+            "pre_request": _recycle_connections,
         }
         super().__init__()
 
@@ -158,6 +160,18 @@ class NudgeGunicorn(BaseApplication):
 
         configure_logging()
         return create_app(self.nudge_config, prepare_database=False)
+
+
+# gthread keeps a kept-alive connection in the worker that accepted it. Alertmanager holds a
+# few long-lived connections, and they often all land in one worker, which then uses one
+# core while the others idle. Closing a connection after this many requests makes the client
+# reconnect, and the new connection goes to whichever worker accepts first: the least busy.
+REQUESTS_PER_CONNECTION = 100
+
+
+def _recycle_connections(_worker, request) -> None:
+    if request.req_number % REQUESTS_PER_CONNECTION == 0:
+        request.must_close = True
 
 
 def _child_exit(_server, worker) -> None:

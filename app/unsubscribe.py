@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
+import time
 
 from flask import Blueprint, current_app, render_template_string, request
 
-from app.db import StorageError
-from app.storage import database
-from app.suppressions import ALL, InvalidToken, add_suppression, make_token, read_token
+from app.storage import store
+from app.store import StorageError
+from app.suppressions import ALL, InvalidToken, make_token, read_token
 
 log = logging.getLogger("nudge.unsubscribe")
 blueprint = Blueprint("unsubscribe", __name__)
@@ -60,8 +60,8 @@ def unsubscribe(token: str):
         return _page("Link not valid", "This unsubscribe link is broken or was altered.", 400)
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
     try:
-        add_suppression(database(), user_id, scope, "one-click" if one_click else "link")
-    except (sqlite3.Error, StorageError) as exc:
+        store().add_suppression(user_id, scope, "one-click" if one_click else "link", time.time())
+    except StorageError as exc:
         log.error("could not record unsubscribe of user=%s scope=%s: %s", user_id, scope, exc)
         return _page("Please try again", "We could not record your request just now. "
                      "Please try again in a minute.", 503)

@@ -1,7 +1,9 @@
 """POST /webhook: Alertmanager's webhook receiver.
 
-Answers follow Alertmanager's retry rules (it retries 5xx and connection errors, never 4xx):
-200 only once the notification is committed; 400 for a body that will never be valid;
+Journal-first: a notification that is whole and valid is appended to the journal and answered
+200 once that append is durable; the decider (in the delivery worker) turns its alerts into
+decisions and deliveries moments later. Answers follow Alertmanager's retry rules (it
+retries 5xx and connection errors, never 4xx): 400 for a body that will never be valid;
 401 for bad credentials; 413 over the size limit; 503 when storage is unavailable.
 """
 
@@ -11,7 +13,6 @@ import base64
 import binascii
 import hmac
 import logging
-import sqlite3
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -20,9 +21,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from app import metrics
 from app.alerts import PayloadError, parse_json, parse_notification
 from app.config import Config
-from app.db import StorageError
-from app.ingest import QUEUED, store_notification
-from app.storage import database
+from app.store import JournalEntry, StorageError
 
 log = logging.getLogger("nudge.webhook")
 blueprint = Blueprint("webhook", __name__)
@@ -46,23 +45,25 @@ def receive() -> tuple[Response, int]:
         log.warning("rejected notification: %s", exc)
         return _answer(400, str(exc))
 
+    entry = JournalEntry(
+        received_at=time.time(),
+        receiver=notification.receiver,
+        status=notification.status,
+        group_key=notification.group_key,
+        alert_count=len(notification.alerts),
+        truncated_alerts=notification.truncated_alerts,
+        body=text,
+    )
     try:
-        result = store_notification(
-            database(), text, notification, current_app.extensions["nudge_policy"], time.time()
-        )
-    except (StorageError, sqlite3.Error) as exc:
+        notification_id = current_app.extensions["nudge_journal"].append(entry)
+    except StorageError as exc:
         log.error("storage unavailable, answering 503 so Alertmanager retries: %s", exc)
         return _answer(503, "storage unavailable, retry later")
 
     metrics.NOTIFICATIONS.labels(notification.receiver).inc()
-    log.info(
-        "notification %d from receiver=%s group=%s: %d alerts (%s)",
-        result.notification_id,
-        notification.receiver,
-        notification.group_key,
-        len(notification.alerts),
-        notification.status,
-    )
+    log.debug("accepted notification %d from receiver=%s group=%s: %d alerts (%s)",
+              notification_id, notification.receiver, notification.group_key,
+              len(notification.alerts), notification.status)
     if notification.truncated_alerts:
         metrics.TRUNCATED_ALERTS.labels(notification.receiver).inc(notification.truncated_alerts)
         log.warning(
@@ -72,25 +73,7 @@ def receive() -> tuple[Response, int]:
             notification.group_key,
             notification.receiver,
         )
-    counts = {"queued": 0, "duplicate": 0, "skipped": 0}
-    per_reason: dict[tuple[str, str], int] = {}
-    for decision in result.decisions:
-        counts[decision.outcome] += 1
-        key = (decision.outcome, decision.reason)
-        per_reason[key] = per_reason.get(key, 0) + 1
-        log.info(
-            "decision rule=%s user=%s outcome=%s reason=%s%s: %s",
-            decision.rule,
-            decision.user_id,
-            decision.outcome,
-            decision.reason,
-            f" delivery={decision.delivery_id}" if decision.outcome == QUEUED else "",
-            decision.detail,
-        )
-    # One increment per (outcome, reason), not per alert: a 1,000-alert group is one update.
-    for (outcome, reason), count in per_reason.items():
-        metrics.ALERT_DECISIONS.labels(outcome, reason).inc(count)
-    return _answer(200, None, notification_id=result.notification_id, **counts)
+    return _answer(200, None, notification_id=notification_id)
 
 
 def authorized(config: Config, header: str) -> bool:
@@ -123,7 +106,8 @@ def www_authenticate(config: Config) -> dict[str, str]:
 
 def _answer(code: int, error: str | None, headers: dict | None = None, **fields):
     metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
-    payload = {"status": "ok", **fields} if error is None else {"status": "error", "error": error}
+    payload = ({"status": "accepted", **fields} if error is None
+               else {"status": "error", "error": error})
     response = jsonify(payload)
     response.headers.update(headers or {})
     return response, code

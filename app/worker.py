@@ -1,10 +1,11 @@
-"""The delivery worker: drains the queue with one sending thread per SMTP connection.
+"""The delivery worker: the decider, and one sending thread per SMTP connection.
 
-One dispatcher thread claims due deliveries in batches and hands them to the senders. It
-notices new work within tens of milliseconds by watching SQLite's `PRAGMA data_version`
-(which changes when another connection commits) instead of polling the table, and sleeps
-until the next retry is due when there is nothing to do. Stopping (SIGTERM) finishes the
-messages being sent and gives unstarted claims back to the queue.
+The decider thread turns journaled notifications into deliveries (app/decider.py) and wakes
+the dispatcher as soon as it has queued some. One dispatcher thread claims due deliveries in
+batches and hands them to the senders. It notices work queued by other processes through
+the store's change watcher instead of polling the table, and sleeps until the next retry is
+due when there is nothing to do. Stopping (SIGTERM) finishes the messages being sent and
+gives unstarted claims back to the queue.
 """
 
 from __future__ import annotations
@@ -12,20 +13,19 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from urllib.parse import urlsplit
 
 from app.config import Config
-from app.db import connect
+from app.decider import Decider
 from app.delivery import Deliverer
-from app.queue import Delivery, claim_due_deliveries, next_due_at, release
+from app.policy import AlertPolicy
+from app.store import Delivery, StorageError, open_store
 from app.transports import transport_factory
 
 log = logging.getLogger("nudge.worker")
 
-WATCH_INTERVAL = 0.02  # seconds between data_version checks while idle
 MAX_IDLE_SLEEP = 1.0
 
 
@@ -34,7 +34,10 @@ class DeliveryWorker:
         self.config = config
         self.senders = senders or config.smtp_connections
         self.stopping = threading.Event()
-        self.deliverer = Deliverer(config)
+        self.store = open_store(config.database)
+        self.deliverer = Deliverer(config, self.store)
+        self.decider = Decider(self.store, AlertPolicy.from_config(config))
+        self.new_work = threading.Event()
         self.new_transport = transport_factory(config.smtp_url, config.outbox_dir)
         self.work: queue.Queue[Delivery | None] = queue.Queue()
         self.slots = threading.Semaphore(self.senders * 2)
@@ -50,31 +53,41 @@ class DeliveryWorker:
         ]
         for thread in self.threads:
             thread.start()
+        decider = threading.Thread(target=self.decider.run, args=(self.stopping, self.new_work.set),
+                                   name="decider", daemon=True)
+        decider.start()
         try:
             self._dispatch_loop()
         finally:
+            decider.join()
             self._drain()
             self.deliverer.close()
             log.info("delivery worker stopped")
 
     def stop(self) -> None:
         self.stopping.set()
+        self.new_work.set()
 
     def _dispatch_loop(self) -> None:
-        db = connect(self.config.database)
-        last_version = None
+        watcher = None
         try:
             while not self.stopping.is_set():
+                if watcher is None:
+                    try:
+                        watcher = self.store.watch()
+                    except StorageError as exc:
+                        log.error("cannot watch the database, retrying: %s", exc)
+                        self.stopping.wait(1.0)
+                        continue
                 free = 0
                 while self.slots.acquire(blocking=False):
                     free += 1
                 claimed: list[Delivery] = []
                 if free:
+                    self.new_work.clear()
                     try:
-                        claimed = claim_due_deliveries(
-                            db, time.time(), self.config.lease, limit=free
-                        )
-                    except sqlite3.Error as exc:
+                        claimed = self.store.claim_due(time.time(), self.config.lease, limit=free)
+                    except StorageError as exc:
                         log.error("cannot claim deliveries, retrying: %s", exc)
                         self.stopping.wait(1.0)
                     for _ in range(free - len(claimed)):
@@ -83,34 +96,27 @@ class DeliveryWorker:
                         self.work.put(delivery)
                 if claimed:
                     continue
-                last_version = self._wait_for_work(db, last_version, idle=bool(free))
+                self._wait_for_work(watcher, idle=bool(free))
         finally:
-            db.close()
+            if watcher is not None:
+                watcher.close()
+            self.store.close()
 
-    def _wait_for_work(self, db, last_version, *, idle: bool):
-        """Sleep until another process commits, a retry falls due, or a sender frees up."""
+    def _wait_for_work(self, watcher, *, idle: bool) -> None:
+        """Sleep until the decider queues, another process commits, a retry falls due, or a
+        sender frees up (its settle is a commit)."""
         try:
-            due = next_due_at(db) if idle else None
-        except sqlite3.Error:
+            due = self.store.next_due_at() if idle else None
+        except StorageError:
             due = None
-        deadline = time.time() + MAX_IDLE_SLEEP
+        timeout = MAX_IDLE_SLEEP
         if due is not None:
-            deadline = min(deadline, due)
-        version = last_version
-        while not self.stopping.is_set() and time.time() < deadline:
-            try:
-                version = db.execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.Error:
-                break
-            if last_version is not None and version != last_version:
-                break
-            if last_version is None:
-                last_version = version
-            self.stopping.wait(WATCH_INTERVAL)
-        return version
+            timeout = max(0.0, min(timeout, due - time.time()))
+        if self.new_work.is_set():
+            return
+        watcher.wait(timeout, self.new_work)
 
     def _send_loop(self) -> None:
-        db = connect(self.config.database)
         transport = self.new_transport()
         try:
             while True:
@@ -119,9 +125,9 @@ class DeliveryWorker:
                     return
                 try:
                     if self.stopping.is_set():
-                        release(db, delivery, time.time())
+                        self.store.release(delivery, time.time())
                         continue
-                    self.deliverer.deliver(db, transport, delivery)
+                    self.deliverer.deliver(transport, delivery)
                 except Exception:
                     # A bug must not stop the other deliveries; the lease brings this one back.
                     log.exception("unexpected error delivering %d; it will be retried after "
@@ -132,7 +138,7 @@ class DeliveryWorker:
                     self.slots.release()
         finally:
             _close_quietly(transport)
-            db.close()
+            self.store.close()
 
     def _drain(self) -> None:
         for _ in self.threads:

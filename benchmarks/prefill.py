@@ -1,6 +1,6 @@
 """Fill a Nudge database with queued deliveries, and render the same emails without Nudge.
 
-`prefill` goes through Nudge's own ingest (store_notification), exactly what POST /webhook
+`prefill` goes through Nudge's own journal and decider, exactly what POST /webhook
 commits, so the delivery worker finds the queue a burst of webhooks would leave.
 `render_messages` builds the messages the delivery worker would send for those deliveries
 (same template, context, headers), flattened to the bytes smtplib puts on the wire.
@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
-from app.alerts import parse_notification, parse_time
+from app.alerts import parse_time
 from app.config import load_config
-from app.db import connect, migrate
-from app.ingest import store_notification
+from app.decider import Decider
 from app.messages import build_message, message_id_for
 from app.policy import AlertPolicy
 from app.rendering import build_environment, render_email
+from app.store import JournalEntry, open_store
 from app.suppressions import ALL, unsubscribe_url
 from benchmarks import payloads
 
@@ -30,17 +30,20 @@ CHUNK = 1000
 def prefill(config: dict, prefix: str, count: int) -> None:
     """Queue `count` deliveries (distinct users) in the database of `config`."""
     nudge = load_config(data=config, environ={})
-    migrate(nudge.database)
-    db = connect(nudge.database)
-    policy = AlertPolicy.from_config(nudge)
+    store = open_store(nudge.database)
+    store.migrate()
+    decider = Decider(store, AlertPolicy.from_config(nudge))
     try:
         for start in range(0, count, CHUNK):
             users = [payloads.user_id(prefix, start // CHUNK, index)
                      for index in range(min(CHUNK, count - start))]
-            body = json.dumps(payloads.notification(users))
-            store_notification(db, body, parse_notification(json.loads(body)), policy, time.time())
+            notification = payloads.notification(users)
+            store.append_notifications([JournalEntry(
+                time.time(), notification["receiver"], notification["status"],
+                notification["groupKey"], len(users), 0, json.dumps(notification))])
+            decider.decide_all()
     finally:
-        db.close()
+        store.close()
 
 
 def render_messages(config: dict, prefix: str, count: int) -> list[tuple[str, str, bytes]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 
 from app import create_app
 from app.cli import main
+from app.decider import Decider
+from app.policy import AlertPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alertmanager"
@@ -51,6 +54,39 @@ def app(config_data):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def store(app):
+    """The app's store: seed and inspect data through the same operations Nudge uses."""
+    return app.extensions["nudge_store"]
+
+
+def decide(app) -> int:
+    """Run the decider over everything journaled, as the delivery worker would."""
+    config = app.config["NUDGE"]
+    return Decider(app.extensions["nudge_store"], AlertPolicy.from_config(config)).decide_all()
+
+
+def outcome_counts(app, notification_id: int) -> dict[str, int]:
+    """Decide what is pending, then count this notification's decisions by outcome."""
+    decide(app)
+    counts = {"queued": 0, "duplicate": 0, "skipped": 0}
+    for row in app.extensions["nudge_store"].list_decisions():
+        if row["notification_id"] == notification_id:
+            counts[row["outcome"]] += 1
+    return counts
+
+
+def post_and_decide(client, data, headers, **kwargs) -> SimpleNamespace:
+    """POST /webhook, then run the decider: the answer, with the counts of that notification's
+    decisions by outcome added to its JSON when it was accepted."""
+    response = client.post("/webhook", data=data, headers=headers, **kwargs)
+    body = response.get_json(silent=True)
+    if response.status_code == 200:
+        body = {**body, **outcome_counts(client.application, body["notification_id"])}
+    return SimpleNamespace(status_code=response.status_code, json=body,
+                           headers=response.headers, response=response)
 
 
 @pytest.fixture

@@ -6,27 +6,36 @@ import base64
 import json
 import logging
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
-from app.db import connect
-from app.queue import list_decisions, list_deliveries
-from tests.conftest import FIXTURES, fixture_bytes, load_fixture
+from tests.conftest import FIXTURES, fixture_bytes, load_fixture, post_and_decide
 
 
 def post(client, payload, headers, **kwargs):
     data = payload if isinstance(payload, bytes | str) else json.dumps(payload)
-    return client.post("/webhook", data=data, headers=headers, **kwargs)
+    return post_and_decide(client, data, headers, **kwargs)
 
 
 def rows(app, table: str) -> list[dict]:
-    db = connect(app.config["NUDGE"].database)
+    """What is on disk, read with sqlite3 itself (not through the code under test)."""
+    db = sqlite3.connect(app.config["NUDGE"].database)
+    db.row_factory = sqlite3.Row
     try:
-        return list(db.query(f"SELECT * FROM {table} ORDER BY id"))
+        return [dict(row) for row in db.execute(f"SELECT * FROM {table} ORDER BY id")]
     finally:
         db.close()
+
+
+def list_decisions(app, **filters):
+    return app.extensions["nudge_store"].list_decisions(**filters)
+
+
+def list_deliveries(app, **filters):
+    return app.extensions["nudge_store"].list_deliveries(**filters)
 
 
 def metric(name: str, **labels) -> float:
@@ -37,7 +46,7 @@ def metric(name: str, **labels) -> float:
 def test_every_fixture_is_accepted_and_stored(client, app, auth, name):
     response = post(client, fixture_bytes(name), auth)
     assert response.status_code == 200, response.json
-    assert response.json["status"] == "ok"
+    assert response.json["status"] == "accepted"
     payload = load_fixture(name)
     (notification,) = rows(app, "notifications")
     assert notification["body"] == fixture_bytes(name).decode()
@@ -49,7 +58,7 @@ def test_every_fixture_is_accepted_and_stored(client, app, auth, name):
 def test_firing_alert_queues_one_delivery_with_what_sending_needs(client, app, auth):
     response = post(client, fixture_bytes("firing-per-user.json"), auth)
     assert response.json == {
-        "status": "ok", "notification_id": 1, "queued": 1, "duplicate": 0, "skipped": 0
+        "status": "accepted", "notification_id": 1, "queued": 1, "duplicate": 0, "skipped": 0
     }
     (delivery,) = rows(app, "deliveries")
     assert delivery["status"] == "queued"
@@ -71,7 +80,7 @@ def test_repeat_of_the_same_episode_is_a_duplicate_not_a_second_delivery(client,
         assert response.status_code == 200
         assert response.json["queued"] == 0 and response.json["duplicate"] == 1
     assert len(rows(app, "deliveries")) == 1
-    decisions = list_decisions(connect(app.config["NUDGE"].database), user="u2")
+    decisions = list_decisions(app, user="u2")
     assert [d["outcome"] for d in decisions] == ["duplicate"] * 3 + ["queued"]
     assert decisions[0]["reason"] == "same_episode"
     # Each repeat points at the delivery it repeats, so "why only one email?" has an answer.
@@ -86,7 +95,7 @@ def test_new_episode_within_cooldown_is_skipped_with_reason(client, app, auth):
     payload["alerts"][0]["startsAt"] = "2026-11-22T21:30:00Z"  # resolved, then fired again
     response = post(client, payload, auth)
     assert response.json["skipped"] == 1
-    (latest, _first) = list_decisions(connect(app.config["NUDGE"].database), user="u2")
+    (latest, _first) = list_decisions(app, user="u2")
     assert latest["reason"] == "cooldown"
     assert "cooldown is 1d" in latest["detail"]
     assert len(rows(app, "deliveries")) == 1
@@ -111,7 +120,7 @@ def test_forever_cooldown_from_the_rule_annotation_sends_once_ever(client, app, 
     payload["alerts"][0]["startsAt"] = "2026-12-25T00:00:00Z"
     response = post(client, payload, auth)
     assert response.json["duplicate"] == 1
-    latest = list_decisions(connect(app.config["NUDGE"].database))[0]
+    latest = list_decisions(app)[0]
     assert latest["reason"] == "already_sent_once"
 
 
@@ -125,9 +134,9 @@ def test_mixed_resolved_sends_nothing_for_resolved_without_a_resolved_email(clie
     post(client, fixture_bytes("grouped-five-users.json"), auth)
     response = post(client, fixture_bytes("grouped-mixed-resolved.json"), auth)
     assert response.json == {
-        "status": "ok", "notification_id": 2, "queued": 0, "duplicate": 3, "skipped": 2
+        "status": "accepted", "notification_id": 2, "queued": 0, "duplicate": 3, "skipped": 2
     }
-    skipped = [d for d in list_decisions(connect(app.config["NUDGE"].database))
+    skipped = [d for d in list_decisions(app)
                if d["outcome"] == "skipped"]
     assert {d["user_id"] for d in skipped} == {"u0", "u1"}
     assert {d["reason"] for d in skipped} == {"resolved_not_requested"}
@@ -152,8 +161,7 @@ def test_resolved_email_needs_a_firing_email_first(client, app, auth):
         alert["annotations"]["nudge_send_resolved"] = "true"
     response = post(client, payload, auth)
     assert response.json["queued"] == 3  # the three still firing
-    reasons = {d["user_id"]: d["reason"] for d in list_decisions(
-        connect(app.config["NUDGE"].database)) if d["outcome"] == "skipped"}
+    reasons = {d["user_id"]: d["reason"] for d in list_decisions(app) if d["outcome"] == "skipped"}
     assert reasons == {"u0": "resolved_without_firing_email", "u1": "resolved_without_firing_email"}
 
 
@@ -165,7 +173,7 @@ def test_alerts_that_are_not_behavioral_are_skipped_with_reason(client, app, aut
     before = metric("nudge_alert_decisions_total", outcome="skipped", reason="no_template")
     response = post(client, payload, auth)
     assert response.json["queued"] == 2 and response.json["skipped"] == 3
-    reasons = sorted(d["reason"] for d in list_decisions(connect(app.config["NUDGE"].database))
+    reasons = sorted(d["reason"] for d in list_decisions(app)
                      if d["outcome"] == "skipped")
     assert reasons == ["invalid_settings", "no_template", "no_user_label"]
     after = metric("nudge_alert_decisions_total", outcome="skipped", reason="no_template")
@@ -195,14 +203,20 @@ def test_truncated_alerts_are_logged_and_counted(client, auth, caplog):
     assert 'alertname="TruncateMe"' in warning and "3 alerts" in warning
 
 
-def test_logs_one_line_per_notification_and_per_decision(client, auth, caplog):
-    with caplog.at_level(logging.INFO, logger="nudge.webhook"):
+def test_info_logs_one_line_per_notification_and_decisions_only_at_debug(client, auth, caplog):
+    with caplog.at_level(logging.INFO, logger="nudge"):
         post(client, fixture_bytes("grouped-five-users.json"), auth)
     messages = [r.getMessage() for r in caplog.records]
-    assert sum(m.startswith("notification ") for m in messages) == 1
-    decisions = [m for m in messages if m.startswith("decision ")]
+    (line,) = [m for m in messages if m.startswith("notification ")]
+    assert "receiver=grouped" in line and "5 alerts" in line and "5 queued" in line
+    assert not [m for m in messages if m.startswith("decision ")]
+
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="nudge"):
+        post(client, fixture_bytes("grouped-five-users.json"), auth)
+    decisions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision ")]
     assert len(decisions) == 5
-    assert "rule=UsageDropped user=u3 outcome=queued" in " ".join(decisions)
+    assert "rule=UsageDropped user=u3 outcome=duplicate" in " ".join(decisions)
 
 
 # --- authentication ---------------------------------------------------------------------------
@@ -341,8 +355,7 @@ def test_health_readiness_and_metrics(client, auth):
 def test_deliveries_listing_filters(client, app, auth):
     post(client, fixture_bytes("grouped-five-users.json"), auth)
     post(client, fixture_bytes("firing-per-user.json"), auth)
-    db = connect(app.config["NUDGE"].database)
-    assert len(list_deliveries(db)) == 6
-    assert [d["rule"] for d in list_deliveries(db, user="u1")] == ["NoFirstApiCall", "UsageDropped"]
-    assert len(list_deliveries(db, rule="UsageDropped", status="queued")) == 5
-    assert list_deliveries(db, status="sent") == []
+    assert len(list_deliveries(app)) == 6
+    assert [d["rule"] for d in list_deliveries(app, user="u1")] == ["NoFirstApiCall", "UsageDropped"]
+    assert len(list_deliveries(app, rule="UsageDropped", status="queued")) == 5
+    assert list_deliveries(app, status="sent") == []

@@ -1,0 +1,271 @@
+"""The store's interface: the domain operations Nudge needs from its database, and their types.
+
+Nothing outside `app/store/` sees a connection, a cursor or SQL. An engine (SQLite today,
+PostgreSQL next) implements `Store`; every engine passes the contract suite in
+tests/test_store.py. A `Store` is shared by the threads of one process; engines keep their
+connections per thread (and per process, as gunicorn forks) internally.
+
+The guarantees every engine gives, whatever the number of processes or replicas:
+- an appended notification is durable when `append_notifications` returns;
+- a notification is decided once: claiming a batch excludes it from every other decider, and
+  it is marked decided in the same transaction as its decisions and deliveries;
+- facts handed to the policy (`DecisionBatch.facts`) stay true until the batch commits (the
+  engine locks the (rule, user) pairs they are about), so the verdicts it records are sound;
+- a due delivery is claimed by one sender at a time, until its lease runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.alerts import parse_time
+
+QUEUED, SENDING, SENT, FAILED, DEAD, SUPPRESSED = (
+    "queued",
+    "sending",
+    "sent",
+    "failed",
+    "dead",
+    "suppressed",
+)
+STATUSES = (QUEUED, SENDING, SENT, FAILED, DEAD, SUPPRESSED)
+WAITING = (QUEUED, SENDING)
+
+
+class StorageError(Exception):
+    """The database cannot be opened, read or written: callers answer 503 so senders retry."""
+
+
+class StorageUnavailable(StorageError):
+    """The database is there but cannot take this operation now (locked, disk full, down)."""
+
+
+class SchemaMismatch(StorageError):
+    """The database's schema is not the one this version of Nudge expects."""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One Alertmanager notification as received: what the decider needs to decide it later."""
+
+    received_at: float
+    receiver: str
+    status: str
+    group_key: str
+    alert_count: int
+    truncated_alerts: int
+    body: str
+
+
+@dataclass(frozen=True)
+class PendingNotification:
+    id: int
+    received_at: float
+    body: str
+
+
+@dataclass(frozen=True)
+class JournalStats:
+    pending: int  # notifications accepted and not yet decided
+    pending_alerts: int
+    oldest_age: float  # seconds since the oldest pending one was accepted
+    decided: int
+
+
+@dataclass
+class Facts:
+    """What the policy needs to know about the database to judge a batch of candidates.
+
+    `deliveries` maps a dedup key to the delivery that holds it; `last_queued` maps
+    (rule, user) to when its last email was queued (for the cooldown). The decider updates
+    both as it queues, so later alerts of the same batch see earlier ones."""
+
+    deliveries: dict[str, int] = field(default_factory=dict)
+    last_queued: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    dedup_key: str
+    notification_id: int
+    rule: str
+    user_id: str
+    template: str
+    kind: str
+    starts_at: str
+    alert_json: str
+    external_url: str
+    cooldown: float | None  # when set (firing emails), the (rule, user) cooldown slot is taken
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    notification_id: int
+    rule: str
+    user_id: str
+    alert_status: str
+    starts_at: str
+    fingerprint: str
+    outcome: str
+    reason: str
+    detail: str
+    delivery_id: int | None
+
+
+class DecisionBatch(ABC):
+    """A claimed batch of undecided notifications, inside one transaction.
+
+    Everything recorded commits together with the notifications being marked decided when
+    the `deciding()` block exits normally; an exception rolls all of it back."""
+
+    claimed: set[int]
+
+    @abstractmethod
+    def facts(self, dedup_keys: Iterable[str], pairs: Iterable[tuple[str, str]]) -> Facts:
+        """The deliveries holding these keys and the cooldowns of these (rule, user) pairs."""
+
+    @abstractmethod
+    def add_delivery(self, delivery: NewDelivery, now: float) -> int:
+        """Queue a new delivery (and take its cooldown slot); returns its id."""
+
+    @abstractmethod
+    def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    rule: str
+    user_id: str
+    template: str
+    kind: str
+    status: str
+    attempts: int
+    alert: dict[str, Any]
+    external_url: str
+    created_at: str
+    attempt_id: int | None = None
+    lease_until: float | None = None  # identifies this claim: a later claim has a later lease
+
+    @property
+    def created_epoch(self) -> float:
+        return parse_time(self.created_at).timestamp()
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int
+    oldest_age: float
+
+
+class ChangeWatcher(ABC):
+    """Wakes a waiting thread when another connection commits (new notifications, deliveries)."""
+
+    @abstractmethod
+    def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
+        """Block until a commit elsewhere, `interrupt` is set, or `timeout`; True on a change."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Store(ABC):
+    """Nudge's state: the journal of notifications, decisions, the delivery queue, attempts,
+    cooldowns and suppressions."""
+
+    description: str  # where the data lives, safe to log (no password)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the schema, exactly once however many processes call it."""
+
+    @abstractmethod
+    def check_ready(self) -> None:
+        """Raise StorageError (SchemaMismatch for an old or newer schema) unless usable."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the calling thread's connection (others close when their threads end)."""
+
+    # -- journal ---------------------------------------------------------------------------
+    @abstractmethod
+    def append_notifications(self, entries: Sequence[JournalEntry]) -> list[int]:
+        """Append in one durable commit; returns their ids, in order."""
+
+    @abstractmethod
+    def pending_notifications(self, max_notifications: int, max_alerts: int
+                              ) -> list[PendingNotification]:
+        """The oldest undecided notifications, read without locking anything: the decider
+        parses them and runs the pure policy before it takes any lock (`deciding`)."""
+
+    @abstractmethod
+    def deciding(self, notification_ids: Sequence[int]
+                 ) -> AbstractContextManager[DecisionBatch]:
+        """Open the transaction that decides these notifications. `batch.claimed` holds those
+        still undecided and not being decided by anyone else: decide only those."""
+
+    @abstractmethod
+    def journal_stats(self, now: float) -> JournalStats: ...
+
+    @abstractmethod
+    def watch(self) -> ChangeWatcher: ...
+
+    # -- delivery queue --------------------------------------------------------------------
+    @abstractmethod
+    def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
+        """Claim up to `limit` due deliveries, or ones whose previous claim's lease expired;
+        each claim opens an attempt row."""
+
+    @abstractmethod
+    def settle(self, delivery: Delivery, status: str, now: float, *, recipient: str | None = None,
+               error: str | None = None, retry_at: float | None = None) -> bool:
+        """Record how this attempt ended. False when the lease ran out and a newer claim owns
+        the delivery (the outcome is then only in the attempt log)."""
+
+    @abstractmethod
+    def release(self, delivery: Delivery, now: float) -> None:
+        """Give back a claimed delivery untouched (shutting down before sending it)."""
+
+    @abstractmethod
+    def next_due_at(self) -> float | None:
+        """When the next delivery becomes due (a retry, or an expiring lease); None when idle."""
+
+    @abstractmethod
+    def queue_stats(self, now: float) -> QueueStats: ...
+
+    @abstractmethod
+    def list_deliveries(self, *, user: str | None = None, rule: str | None = None,
+                        status: str | None = None, limit: int | None = None
+                        ) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def list_decisions(self, *, user: str | None = None, rule: str | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]: ...
+
+    # -- suppressions ----------------------------------------------------------------------
+    @abstractmethod
+    def suppression_scopes(self, user_id: str) -> set[str]: ...
+
+    @abstractmethod
+    def add_suppression(self, user_id: str, scope: str, source: str, now: float) -> bool:
+        """True when this is new; unsubscribing twice is harmless."""
+
+    @abstractmethod
+    def remove_suppression(self, user_id: str, scope: str) -> bool: ...
+
+    @abstractmethod
+    def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]: ...
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

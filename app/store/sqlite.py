@@ -1,0 +1,609 @@
+"""The SQLite engine: one database file in WAL mode, shared by every Nudge process on a host.
+
+Every write is a BEGIN IMMEDIATE transaction, committed with synchronous=FULL (a commit
+survives a power cut). Correctness does not rest on SQLite admitting one writer at a time:
+claims and settles are conditional updates, dedup is a UNIQUE key, the cooldown is a
+conditional upsert, and a decider re-checks under the transaction which notifications are
+still undecided. The writer lock (below) only orders writers for fairness.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from app.alerts import parse_time
+from app.clock import iso
+from app.store.base import (
+    QUEUED,
+    ChangeWatcher,
+    DecisionBatch,
+    DecisionRecord,
+    Delivery,
+    Facts,
+    JournalEntry,
+    JournalStats,
+    NewDelivery,
+    PendingNotification,
+    QueueStats,
+    SchemaMismatch,
+    StorageError,
+    StorageUnavailable,
+    Store,
+    chunks,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+# SQLite allows 999 host parameters per statement in old builds: stay under it.
+MAX_PARAMS = 900
+
+MIGRATIONS: list[str] = [
+    # 1: notifications, decisions, deliveries, cooldowns, attempts, suppressions
+    """
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        status TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        alert_count INTEGER NOT NULL,
+        truncated_alerts INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        notification_id INTEGER NOT NULL REFERENCES notifications(id),
+        rule TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        template TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        starts_at TEXT NOT NULL,
+        alert TEXT NOT NULL,
+        external_url TEXT NOT NULL,
+        recipient TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        sent_at TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
+    CREATE INDEX deliveries_user ON deliveries(user_id, rule);
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        notification_id INTEGER NOT NULL REFERENCES notifications(id),
+        created_at TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        alert_status TEXT NOT NULL,
+        starts_at TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        delivery_id INTEGER REFERENCES deliveries(id)
+    );
+    CREATE INDEX decisions_user ON decisions(user_id, rule);
+    CREATE TABLE cooldowns (
+        rule TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        last_queued_at REAL NOT NULL,
+        PRIMARY KEY (rule, user_id)
+    );
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        attempt INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        outcome TEXT NOT NULL,
+        recipient TEXT,
+        error TEXT
+    );
+    CREATE INDEX attempts_delivery ON attempts(delivery_id);
+    CREATE TABLE suppressions (
+        user_id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        source TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, scope)
+    );
+    """,
+    # 2: the journal. Notifications are decided after the webhook's 200, by the decider;
+    # everything stored before this version was decided inside the request.
+    """
+    ALTER TABLE notifications ADD COLUMN decided_at TEXT;
+    UPDATE notifications SET decided_at = received_at;
+    CREATE INDEX notifications_pending ON notifications(id) WHERE decided_at IS NULL;
+    CREATE INDEX decisions_notification ON decisions(notification_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class WriterLock:
+    """Writers take turns on an OS lock (flock on `<database>-writer.lock`) before BEGIN IMMEDIATE.
+
+    SQLite's own busy handler polls: a writer that finds the database locked sleeps 1, 2, 5,
+    ... up to 100 ms between tries, so under load writers lose most of their time asleep while
+    the lock is free, and a steady stream of ingest transactions starves the delivery worker.
+    Blocked in flock, a waiting writer is woken by the kernel the moment the lock is released.
+    SQLite's locking still guards the data and nothing relies on this lock for correctness;
+    it only orders the writers. If the lock file cannot be opened, SQLite's locking alone is
+    used. One lock per connection (flock locks belong to an open file), reopened after fork.
+    """
+
+    def __init__(self, database: Path):
+        self.path = Path(f"{database}-writer.lock")
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _descriptor(self) -> int | None:
+        if self._fd is None or self._pid != os.getpid():
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._pid = os.getpid()
+            except OSError:
+                self._fd = None
+        return self._fd
+
+    def acquire(self) -> bool:
+        fd = self._descriptor()
+        if fd is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return True
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and self._pid == os.getpid():
+            os.close(fd)
+
+
+class _Connection:
+    """One sqlite3 connection and its writer lock, owned by one thread of one process."""
+
+    def __init__(self, path: Path):
+        try:
+            self.conn = sqlite3.connect(
+                str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                check_same_thread=False,
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # FULL: a 200 to Alertmanager means the alert survives a power cut, not just a crash.
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open database {path}: {exc}") from exc
+        self.lock = WriterLock(path)
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            self.lock.close()
+
+
+def _storage_error(what: str, exc: sqlite3.Error) -> StorageError:
+    if isinstance(exc, sqlite3.OperationalError):
+        return StorageUnavailable(f"{what}: {exc}")
+    return StorageError(f"{what}: {exc}")
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.description = f"SQLite {self.path}"
+        self._local = threading.local()
+
+    # -- connections and transactions ------------------------------------------------------
+    def _connection(self) -> _Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or connection.pid != os.getpid():
+            connection = _Connection(self.path)
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None and connection.pid == os.getpid():
+            connection.close()
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._connection().conn
+        except sqlite3.Error as exc:
+            raise _storage_error(what, exc) from exc
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: takes the write lock up front, so every read in it is race-free."""
+        connection = self._connection()
+        conn = connection.conn
+        locked = connection.lock.acquire()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise _storage_error(what, exc) from exc
+        finally:
+            if locked:
+                connection.lock.release()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def migrate(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create folder for database {self.path}: {exc}") from exc
+        connection = _Connection(self.path)
+        conn = connection.conn
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise SchemaMismatch(
+                        f"database {self.path} has schema {version}, newer than this Nudge "
+                        f"({SCHEMA_VERSION}): upgrade Nudge")
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return SCHEMA_VERSION
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot prepare database {self.path}: {exc}") from exc
+        finally:
+            connection.close()
+
+    def check_ready(self) -> None:
+        with self._read("database unreachable") as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise SchemaMismatch(f"database schema {version}, expected {SCHEMA_VERSION}")
+
+    # -- journal ---------------------------------------------------------------------------
+    def append_notifications(self, entries: Sequence[JournalEntry]) -> list[int]:
+        with self._write("could not store notification") as conn:
+            return [
+                conn.execute(
+                    "INSERT INTO notifications (received_at, receiver, status, group_key, "
+                    "alert_count, truncated_alerts, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (iso(e.received_at), e.receiver, e.status, e.group_key, e.alert_count,
+                     e.truncated_alerts, e.body),
+                ).lastrowid
+                for e in entries
+            ]
+
+    def pending_notifications(self, max_notifications: int, max_alerts: int
+                              ) -> list[PendingNotification]:
+        with self._read("cannot read the journal") as conn:
+            heads = conn.execute(
+                "SELECT id, alert_count FROM notifications WHERE decided_at IS NULL "
+                "ORDER BY id LIMIT ?", (max_notifications,),
+            ).fetchall()
+            chosen, alerts = [], 0
+            for notification_id, count in heads:
+                if chosen and alerts + count > max_alerts:
+                    break
+                chosen.append(notification_id)
+                alerts += count
+            if not chosen:
+                return []
+            rows = conn.execute(
+                f"SELECT id, received_at, body FROM notifications WHERE id IN "
+                f"({','.join('?' * len(chosen))}) ORDER BY id", chosen,
+            ).fetchall()
+        return [PendingNotification(i, parse_time(r).timestamp(), b) for i, r, b in rows]
+
+    @contextmanager
+    def deciding(self, notification_ids: Sequence[int]) -> Iterator[DecisionBatch]:
+        with self._write("could not record decisions") as conn:
+            claimed: set[int] = set()
+            for part in chunks(list(notification_ids), MAX_PARAMS):
+                claimed.update(row[0] for row in conn.execute(
+                    f"SELECT id FROM notifications WHERE decided_at IS NULL AND id IN "
+                    f"({','.join('?' * len(part))})", part))
+            batch = _SQLiteDecisionBatch(conn, claimed)
+            yield batch
+            stamp = iso()
+            conn.executemany("UPDATE notifications SET decided_at = ? WHERE id = ?",
+                             [(stamp, i) for i in sorted(claimed)])
+
+    def journal_stats(self, now: float) -> JournalStats:
+        with self._read("cannot read the journal") as conn:
+            pending, alerts, oldest = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(alert_count), 0), MIN(received_at) "
+                "FROM notifications WHERE decided_at IS NULL").fetchone()
+            (total,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM notifications").fetchone()
+        age = max(0.0, now - parse_time(oldest).timestamp()) if oldest else 0.0
+        return JournalStats(pending, alerts, age, total - pending)
+
+    def watch(self) -> ChangeWatcher:
+        return _DataVersionWatcher(self.path)
+
+    # -- delivery queue --------------------------------------------------------------------
+    def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
+        # The conditions in the UPDATE's subqueries are its claim: a row is taken only while it
+        # is queued and due, or its previous claim's lease has run out.
+        with self._write("cannot claim deliveries") as conn:
+            rows = conn.execute(
+                # Two index range scans (status, next_attempt_at), each stopping at `limit`: an
+                # OR over both made SQLite sort every due row under the write lock.
+                "UPDATE deliveries SET status = 'sending', lease_until = ?, "
+                "attempts = attempts + 1, updated_at = ? WHERE id IN (SELECT id FROM ("
+                "SELECT id, next_attempt_at FROM (SELECT id, next_attempt_at FROM deliveries "
+                "WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at "
+                "LIMIT ?) UNION ALL SELECT id, next_attempt_at FROM (SELECT id, next_attempt_at "
+                "FROM deliveries WHERE status = 'sending' AND lease_until <= ? "
+                "ORDER BY next_attempt_at LIMIT ?)) ORDER BY next_attempt_at LIMIT ?) "
+                "RETURNING id, rule, user_id, template, kind, status, attempts, alert, "
+                "external_url, created_at",
+                (now + lease, iso(now), now, limit, now, limit, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            ids = [row[0] for row in rows]
+            # A previous claim whose lease ran out never finished: say so in its attempt row.
+            conn.execute(
+                f"UPDATE attempts SET outcome = 'abandoned', finished_at = ?, "
+                f"error = 'worker stopped before finishing; lease expired' "
+                f"WHERE delivery_id IN ({','.join('?' * len(ids))}) AND outcome = 'sending'",
+                (iso(now), *ids),
+            )
+            claimed = []
+            for row in rows:
+                attempt_id = conn.execute(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, outcome) "
+                    "VALUES (?, ?, ?, 'sending')",
+                    (row[0], row[6], iso(now)),
+                ).lastrowid
+                claimed.append(Delivery(
+                    id=row[0], rule=row[1], user_id=row[2], template=row[3], kind=row[4],
+                    status=row[5], attempts=row[6], alert=json.loads(row[7]),
+                    external_url=row[8], created_at=row[9], attempt_id=attempt_id,
+                    lease_until=now + lease,
+                ))
+        claimed.sort(key=lambda delivery: delivery.id)
+        return claimed
+
+    def settle(self, delivery: Delivery, status: str, now: float, *, recipient: str | None = None,
+               error: str | None = None, retry_at: float | None = None) -> bool:
+        attempt_outcome = "retry" if status == QUEUED else status
+        with self._write("cannot record the outcome of a delivery") as conn:
+            # Only while this claim is still the delivery's current one (same lease).
+            current = conn.execute(
+                "UPDATE deliveries SET status = ?, lease_until = NULL, updated_at = ?, "
+                "recipient = COALESCE(?, recipient), last_error = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at), "
+                "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
+                "WHERE id = ? AND status = 'sending' AND lease_until = ?",
+                (status, iso(now), recipient, error, retry_at, status, iso(now), delivery.id,
+                 delivery.lease_until),
+            ).rowcount
+            if not current:
+                attempt_outcome = f"{attempt_outcome} (after its lease expired)"
+            if delivery.attempt_id is not None:
+                conn.execute(
+                    "UPDATE attempts SET outcome = ?, finished_at = ?, recipient = ?, error = ? "
+                    "WHERE id = ?",
+                    (attempt_outcome, iso(now), recipient, error, delivery.attempt_id),
+                )
+        return bool(current)
+
+    def release(self, delivery: Delivery, now: float) -> None:
+        with self._write("cannot release a delivery") as conn:
+            conn.execute(
+                "UPDATE deliveries SET status = 'queued', lease_until = NULL, "
+                "attempts = attempts - 1, updated_at = ? "
+                "WHERE id = ? AND status = 'sending' AND lease_until = ?",
+                (iso(now), delivery.id, delivery.lease_until),
+            )
+            if delivery.attempt_id is not None:
+                conn.execute("DELETE FROM attempts WHERE id = ?", (delivery.attempt_id,))
+
+    def next_due_at(self) -> float | None:
+        with self._read("cannot read the queue") as conn:
+            return conn.execute(
+                "SELECT MIN(t) FROM ("
+                "SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE status = 'queued' "
+                "UNION ALL SELECT MIN(lease_until) FROM deliveries WHERE status = 'sending')"
+            ).fetchone()[0]
+
+    def queue_stats(self, now: float) -> QueueStats:
+        with self._read("cannot read the queue") as conn:
+            depth, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM deliveries "
+                "WHERE status IN ('queued', 'sending')"
+            ).fetchone()
+        if not oldest:
+            return QueueStats(depth, 0.0)
+        return QueueStats(depth, max(0.0, now - parse_time(oldest).timestamp()))
+
+    def _rows(self, sql: str, params: Iterable[Any]) -> list[dict[str, Any]]:
+        with self._read("cannot read the database") as conn:
+            cursor = conn.execute(sql, list(params))
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    @staticmethod
+    def _filtered(sql: str, filters: dict[str, Any], limit: int | None) -> tuple[str, list]:
+        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
+        params = [value for value in filters.values() if value is not None]
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return sql, params
+
+    def list_deliveries(self, *, user: str | None = None, rule: str | None = None,
+                        status: str | None = None, limit: int | None = None
+                        ) -> list[dict[str, Any]]:
+        rows = self._rows(*self._filtered(
+            "SELECT id, created_at, rule, user_id, template, kind, status, attempts, recipient, "
+            "next_attempt_at, last_error, sent_at, starts_at FROM deliveries",
+            {"user_id": user, "rule": rule, "status": status}, limit))
+        for row in rows:
+            row["next_attempt_at"] = iso(row["next_attempt_at"]) if row["status"] == QUEUED else None
+        return rows
+
+    def list_decisions(self, *, user: str | None = None, rule: str | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        return self._rows(*self._filtered(
+            "SELECT id, created_at, notification_id, rule, user_id, alert_status, starts_at, "
+            "outcome, reason, detail, delivery_id FROM decisions",
+            {"user_id": user, "rule": rule}, limit))
+
+    def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT attempt, started_at, finished_at, outcome, recipient, error FROM attempts "
+            "WHERE delivery_id = ? ORDER BY id", [delivery_id])
+
+    # -- suppressions ----------------------------------------------------------------------
+    def suppression_scopes(self, user_id: str) -> set[str]:
+        with self._read("cannot read suppressions") as conn:
+            rows = conn.execute("SELECT scope FROM suppressions WHERE user_id = ?", (user_id,))
+            return {row[0] for row in rows}
+
+    def add_suppression(self, user_id: str, scope: str, source: str, now: float) -> bool:
+        with self._write("cannot record the unsubscribe") as conn:
+            return conn.execute(
+                "INSERT OR IGNORE INTO suppressions (user_id, scope, source, created_at) "
+                "VALUES (?, ?, ?, ?)", (user_id, scope, source, iso(now)),
+            ).rowcount == 1
+
+    def remove_suppression(self, user_id: str, scope: str) -> bool:
+        with self._write("cannot remove the suppression") as conn:
+            return conn.execute(
+                "DELETE FROM suppressions WHERE user_id = ? AND scope = ?", (user_id, scope)
+            ).rowcount > 0
+
+    def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        if user_id is None:
+            return self._rows("SELECT * FROM suppressions ORDER BY created_at", [])
+        return self._rows(
+            "SELECT * FROM suppressions WHERE user_id = ? ORDER BY created_at", [user_id])
+
+
+class _SQLiteDecisionBatch(DecisionBatch):
+    def __init__(self, conn: sqlite3.Connection, claimed: set[int]):
+        self.conn = conn
+        self.claimed = claimed
+
+    def facts(self, dedup_keys: Iterable[str], pairs: Iterable[tuple[str, str]]) -> Facts:
+        # Inside BEGIN IMMEDIATE no other writer runs, so these stay true until the commit.
+        facts = Facts()
+        for part in chunks(sorted(set(dedup_keys)), MAX_PARAMS):
+            facts.deliveries.update(self.conn.execute(
+                f"SELECT dedup_key, id FROM deliveries WHERE dedup_key IN "
+                f"({','.join('?' * len(part))})", part))
+        for rule, user_id in set(pairs):
+            row = self.conn.execute(
+                "SELECT last_queued_at FROM cooldowns WHERE rule = ? AND user_id = ?",
+                (rule, user_id)).fetchone()
+            if row:
+                facts.last_queued[(rule, user_id)] = row[0]
+        return facts
+
+    def add_delivery(self, delivery: NewDelivery, now: float) -> int:
+        stamp = iso(now)
+        delivery_id = self.conn.execute(
+            "INSERT INTO deliveries (dedup_key, notification_id, rule, user_id, template, kind, "
+            "status, starts_at, alert, external_url, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            (delivery.dedup_key, delivery.notification_id, delivery.rule, delivery.user_id,
+             delivery.template, delivery.kind, delivery.starts_at, delivery.alert_json,
+             delivery.external_url, now, stamp, stamp),
+        ).lastrowid
+        if delivery.cooldown is not None:
+            self.conn.execute(
+                "INSERT INTO cooldowns (rule, user_id, last_queued_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at",
+                (delivery.rule, delivery.user_id, now))
+        return delivery_id
+
+    def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None:
+        stamp = iso(now)
+        self.conn.executemany(
+            "INSERT INTO decisions (notification_id, created_at, rule, user_id, alert_status, "
+            "starts_at, fingerprint, outcome, reason, detail, delivery_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(d.notification_id, stamp, d.rule, d.user_id, d.alert_status, d.starts_at,
+              d.fingerprint, d.outcome, d.reason, d.detail, d.delivery_id) for d in decisions],
+        )
+
+
+class _DataVersionWatcher(ChangeWatcher):
+    """`PRAGMA data_version` changes when another connection commits: checking it costs a few
+    microseconds, so watching it every few milliseconds notices new work quickly for nothing."""
+
+    INTERVAL = 0.005
+
+    def __init__(self, path: Path):
+        self.connection = _Connection(path)
+        self.version = self._read()
+
+    def _read(self) -> int | None:
+        try:
+            return self.connection.conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None
+
+    def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            version = self._read()
+            if version is not None and version != self.version:
+                self.version = version
+                return True
+            if interrupt is not None and interrupt.is_set():
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if interrupt is not None:
+                interrupt.wait(min(self.INTERVAL, remaining))
+            else:
+                time.sleep(min(self.INTERVAL, remaining))
+
+    def close(self) -> None:
+        self.connection.close()
