@@ -18,6 +18,7 @@ import requests
 import yaml
 
 from app.config import DEFAULTS
+from app.store import JournalStats, Store, open_store
 from benchmarks.smtp_sink import SinkLog
 from demo_api.loop import free_port
 
@@ -203,12 +204,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """CPU seconds used by each process of a tree between start() and stop()."""
+    """CPU seconds used by each process of a tree between start() and stop().
+
+    `stop()` returns the seconds per kind of process (see `describe`); `processes` keeps them
+    per process, so the split between a receiver's gunicorn workers is visible."""
 
     def __init__(self, root_pid: int):
         self.root_pid = root_pid
         self.before: dict[int, float] = {}
         self.used: dict[str, float] = {}
+        self.processes: list[tuple[str, int, float]] = []  # (what, pid, CPU seconds)
 
     def start(self) -> CpuMeter:
         self.before = {pid: cpu_seconds(pid) for pid in descendants(self.root_pid)}
@@ -220,8 +225,24 @@ class CpuMeter:
             if found is None:
                 continue
             what = found[0]
-            self.used[what] = self.used.get(what, 0.0) + cpu_seconds(pid) - self.before.get(pid, 0.0)
+            seconds = cpu_seconds(pid) - self.before.get(pid, 0.0)
+            self.used[what] = self.used.get(what, 0.0) + seconds
+            self.processes.append((what, pid, seconds))
         return self.used
+
+    def split(self, what: str = "receiver: gunicorn worker") -> list[float]:
+        """CPU seconds of each process of this kind, in pid order."""
+        return [seconds for kind, _pid, seconds in sorted(self.processes, key=lambda p: p[1])
+                if kind == what]
+
+
+def split_text(seconds: list[float]) -> str:
+    """'52%/48% of 11.9 CPU s' for the CPU seconds of a receiver's workers."""
+    total = sum(seconds)
+    if not seconds or total <= 0:
+        return "no CPU measured"
+    shares = "/".join(f"{100 * s / total:.0f}%" for s in seconds)
+    return f"{shares} of {total:.1f} CPU s"
 
 
 class SmtpSink:
@@ -299,6 +320,7 @@ class Nudge:
         self.config_path.write_text(yaml.safe_dump(config))
         self.command = command
         self.process: Process | None = None
+        self._store: Store | None = None
 
     def start(self, timeout: float = 60) -> Nudge:
         self.process = Process(
@@ -323,36 +345,70 @@ class Nudge:
                 rows.append((found[0], pid, found[1], found[2]))
         return rows
 
+    @property
+    def store(self) -> Store:
+        """Nudge's own store API on the same database, to read the journal and the queue."""
+        if self._store is None:
+            self._store = open_store(self.database)
+        return self._store
+
     def queue_depth(self) -> int:
-        conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=30)
-        try:
-            return conn.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE status IN ('queued', 'sending')"
-            ).fetchone()[0]
-        finally:
-            conn.close()
+        return self.store.queue_stats(time.time()).depth
+
+    def journal_stats(self) -> JournalStats:
+        return self.store.journal_stats(time.time())
+
+    def wait_decided(self, timeout: float, interval: float = 0.05) -> tuple[float, JournalStats]:
+        """Poll the journal until no accepted notification is left undecided, or `timeout`:
+        (the time.time() it was seen empty, the last stats). The process must stay alive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.journal_stats()
+            now = time.time()
+            if stats.pending == 0 or time.monotonic() > deadline:
+                return now, stats
+            self.process.check_alive()
+            time.sleep(interval)
+
+    def count(self, table: str, where: str = "") -> int:
+        """Rows of a table (no store operation counts them): read-only, outside the store."""
+        return count_rows(self.database, table, where)
 
     def stop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         if self.process:
             self.process.stop()
 
 
-class BaselineReceiver:
-    """benchmarks.baseline_app: a bare Flask endpoint under Nudge's gunicorn settings."""
+def count_rows(database: Path, table: str, where: str = "") -> int:
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(f"SELECT COUNT(*) FROM {table} {where}").fetchone()[0]
+    finally:
+        conn.close()
 
-    def __init__(self, workdir: Path, workers: int):
+
+class BaselineReceiver:
+    """benchmarks.baseline_app: a bare Flask endpoint under Nudge's gunicorn settings; with
+    `durable`, one that appends each body to that file and fdatasyncs before answering."""
+
+    def __init__(self, workdir: Path, workers: int, durable: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        metrics = workdir / "baseline-metrics"
+        name = "baseline-durable" if durable else "baseline"
+        metrics = workdir / f"{name}-metrics"
         metrics.mkdir(parents=True, exist_ok=True)
+        args = [PYTHON, "-m", "benchmarks.baseline_app", "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(workers)]
+        if durable:
+            args += ["--durable", str(durable)]
         self.process = Process(
-            "baseline receiver",
-            [PYTHON, "-m", "benchmarks.baseline_app", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers)],
-            workdir / "baseline-receiver.log",
+            f"{name} receiver", args, workdir / f"{name}-receiver.log",
             env=clean_env(PROMETHEUS_MULTIPROC_DIR=str(metrics)),
         )
-        wait_until(self._ready, 60, "the baseline receiver to be ready")
+        wait_until(self._ready, 60, f"the {name} receiver to be ready")
 
     def _ready(self) -> bool:
         return http_ready(self.process, self.url)
@@ -452,7 +508,9 @@ class Result:
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
-    if abs(value) >= 100:
+    if isinstance(value, int):
+        text = f"{value:,}"
+    elif abs(value) >= 100:
         text = f"{value:,.0f}"
     elif abs(value) >= 10:
         text = f"{value:,.1f}"

@@ -16,16 +16,15 @@ import pytest
 import yaml
 
 from app.config import load_config
-from app.db import connect
-from app.queue import list_deliveries
+from app.store import open_store
 from app.worker import DeliveryWorker
-from tests.conftest import FIXTURES, fixture_bytes
+from tests.conftest import FIXTURES, fixture_bytes, post_and_decide
 from tests.processes import wait_until
 from tests.smtp_servers import RecordingServer, RejectingServer
 
 
 def post(client, auth, name: str) -> dict:
-    response = client.post("/webhook", data=fixture_bytes(name), headers=auth)
+    response = post_and_decide(client, fixture_bytes(name), auth)
     assert response.status_code == 200, response.json
     return response.json
 
@@ -36,16 +35,16 @@ def drain_queue(config_data: dict) -> None:
     worker = DeliveryWorker(config)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    db = connect(config.database)
+    store = open_store(config.database)
     try:
         wait_until(
-            lambda: all(r["status"] not in ("queued", "sending") for r in list_deliveries(db)),
+            lambda: all(r["status"] not in ("queued", "sending") for r in store.list_deliveries()),
             timeout=30, message="queue drained",
         )
     finally:
         worker.stop()
         thread.join(timeout=30)
-        db.close()
+        store.close()
 
 
 def lines(output: str) -> list[str]:
@@ -68,7 +67,7 @@ def history(client, auth, runner, config_data, tmp_path):
     assert runner("suppress", "add", "u0").exit_code == 0
     assert post(client, auth, "grouped-five-users.json")["queued"] == 5
     assert post(client, auth, "grouped-mixed-resolved.json") == {
-        "status": "ok", "notification_id": 2, "queued": 0, "duplicate": 3, "skipped": 2,
+        "status": "accepted", "notification_id": 2, "queued": 0, "duplicate": 3, "skipped": 2,
     }
     drain_queue(config_data)
     assert post(client, auth, "firing-per-user.json")["queued"] == 1

@@ -18,10 +18,9 @@ import pytest
 
 from app import create_app
 from app.config import Config, load_config
-from app.db import connect
-from app.queue import list_attempts, list_deliveries
+from app.store import open_store
 from app.worker import DeliveryWorker
-from tests.conftest import ROOT, TOKEN, fixture_bytes, load_fixture
+from tests.conftest import ROOT, TOKEN, fixture_bytes, load_fixture, post_and_decide
 from tests.directory_server import DirectoryServer
 from tests.processes import NudgeProcess, wait_until
 from tests.smtp_servers import DroppingServer, RecordingServer, RejectingServer, SlowServer
@@ -87,25 +86,25 @@ def make_payload(*alerts: dict) -> dict:
 
 def post(client, payload) -> dict:
     body = payload if isinstance(payload, bytes) else json.dumps(payload)
-    response = client.post("/webhook", data=body, headers=AUTH)
+    response = post_and_decide(client, body, AUTH)
     assert response.status_code == 200, response.json
     return response.json
 
 
 def deliveries(config: Config, **filters) -> list[dict]:
-    db = connect(config.database)
+    store = open_store(config.database)
     try:
-        return sorted(list_deliveries(db, **filters), key=lambda row: row["id"])
+        return sorted(store.list_deliveries(**filters), key=lambda row: row["id"])
     finally:
-        db.close()
+        store.close()
 
 
 def attempt_log(config: Config, delivery_id: int) -> list[dict]:
-    db = connect(config.database)
+    store = open_store(config.database)
     try:
-        return list_attempts(db, delivery_id)
+        return store.list_attempts(delivery_id)
     finally:
-        db.close()
+        store.close()
 
 
 def outcomes(config: Config, delivery_id: int) -> list[str]:

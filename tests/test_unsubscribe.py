@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 
 from app.config import load_config
-from app.db import connect
-from app.queue import list_deliveries
-from app.suppressions import ALL, list_suppressions, make_token
+from app.store import open_store
+from app.suppressions import ALL, make_token
 from app.worker import DeliveryWorker
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, post_and_decide
 from tests.processes import wait_until
 
 SECRET = "test-secret-key"  # conftest's config_data secret_key
@@ -27,11 +27,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def suppressions(app) -> list[dict]:
-    db = connect(app.config["NUDGE"].database)
-    try:
-        return list_suppressions(db)
-    finally:
-        db.close()
+    return app.extensions["nudge_store"].list_suppressions()
 
 
 def form_actions(html: str) -> list[str]:
@@ -164,17 +160,20 @@ def deliver_everything(config_data) -> dict[str, str]:
     worker = DeliveryWorker(config)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    db = connect(config.database)
+    store = open_store(config.database)
+
+    def settled():
+        if store.journal_stats(time.time()).pending:
+            return None
+        rows = store.list_deliveries()
+        return rows if rows and all(x["status"] not in ("queued", "sending") for x in rows) else None
+
     try:
-        rows = wait_until(
-            lambda: (r := list_deliveries(db)) and all(x["status"] not in ("queued", "sending")
-                                                       for x in r) and r,
-            timeout=30, message="deliveries settled",
-        )
+        rows = wait_until(settled, timeout=30, message="deliveries settled")
     finally:
         worker.stop()
         thread.join(timeout=30)
-        db.close()
+        store.close()
     return {row["rule"]: row["status"] for row in rows}
 
 
@@ -188,7 +187,7 @@ def outbox_subjects(config_data) -> list[str]:
 
 def test_rule_scoped_unsubscribe_suppresses_only_that_rule(client, config_data):
     assert client.post(f"/unsubscribe/{make_token(SECRET, 'u1', 'NoFirstApiCall')}").status_code == 200
-    response = client.post("/webhook", data=json.dumps(two_rule_payload("u1")), headers=AUTH)
+    response = post_and_decide(client, json.dumps(two_rule_payload("u1")), AUTH)
     assert response.json["queued"] == 2
     assert deliver_everything(config_data) == {"NoFirstApiCall": "suppressed", "UsageDropped": "sent"}
     (subject,) = outbox_subjects(config_data)
@@ -201,11 +200,9 @@ def test_all_scope_unsubscribe_suppresses_every_rule(client, config_data):
     client.post("/webhook", data=json.dumps(two_rule_payload("u2")), headers=AUTH)
     config = load_config(data=config_data, environ={})
     deliver_everything(config_data)
-    db = connect(config.database)
-    try:
-        statuses = {(r["user_id"], r["rule"]): r["status"] for r in list_deliveries(db)}
-    finally:
-        db.close()
+    store = open_store(config.database)
+    statuses = {(r["user_id"], r["rule"]): r["status"] for r in store.list_deliveries()}
+    store.close()
     assert statuses == {
         ("u1", "NoFirstApiCall"): "suppressed",
         ("u1", "UsageDropped"): "suppressed",

@@ -1,0 +1,378 @@
+"""The store contract: every operation of app.store.Store, run against each engine.
+
+Every test takes the `store` fixture (a fresh, migrated database) or `database` (its
+setting, for other processes). An engine joins the suite by adding itself to ENGINES.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from app.store import (
+    QUEUED,
+    SENDING,
+    SENT,
+    DecisionRecord,
+    JournalEntry,
+    NewDelivery,
+    SchemaMismatch,
+    StorageError,
+    open_store,
+)
+from tests.conftest import ROOT
+
+ENGINES = ["sqlite"]
+
+
+@pytest.fixture(params=ENGINES)
+def database(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    raise AssertionError(request.param)
+
+
+@pytest.fixture
+def store(database):
+    store = open_store(database)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def entry(body: str = "{}", alerts: int = 1, at: float | None = None) -> JournalEntry:
+    return JournalEntry(time.time() if at is None else at, "nudge", "firing", "{}:{}", alerts,
+                        0, body)
+
+
+def new_delivery(notification_id: int, user: str = "u1", rule: str = "NoFirstApiCall",
+                 key: str | None = None, cooldown: float | None = 3600.0) -> NewDelivery:
+    alert = {"labels": {"alertname": rule, "user_id": user}, "startsAt": "2026-11-22T20:04:34Z"}
+    return NewDelivery(key or f"{rule}/{user}/1", notification_id, rule, user,
+                       "onboarding_first_call", "firing", "2026-11-22T20:04:34Z",
+                       json.dumps(alert), "http://alertmanager:9093", cooldown)
+
+
+def record(notification_id: int, outcome: str = "queued", delivery_id: int | None = None,
+           user: str = "u1") -> DecisionRecord:
+    return DecisionRecord(notification_id, "NoFirstApiCall", user, "firing",
+                          "2026-11-22T20:04:34Z", "fp", outcome, "new_episode", "detail",
+                          delivery_id)
+
+
+def queue_one(store, user: str = "u1", key: str | None = None) -> int:
+    (notification_id,) = store.append_notifications([entry()])
+    with store.deciding([notification_id]) as batch:
+        delivery_id = batch.add_delivery(new_delivery(notification_id, user, key=key), time.time())
+        batch.add_decisions([record(notification_id, delivery_id=delivery_id, user=user)],
+                            time.time())
+    return delivery_id
+
+
+# --- lifecycle ----------------------------------------------------------------------------------
+
+
+def test_migrate_is_idempotent_and_leaves_a_ready_store(database):
+    store = open_store(database)
+    assert store.migrate() == store.migrate()
+    store.check_ready()
+
+
+def test_an_unmigrated_database_is_not_ready(database):
+    with pytest.raises(SchemaMismatch, match="schema 0"):
+        open_store(database).check_ready()
+
+
+def test_an_unusable_location_is_a_storage_error(tmp_path):
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(StorageError):
+        open_store(tmp_path / "folder.db").migrate()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StorageError, match="cannot create folder"):
+        open_store(tmp_path / "file" / "nudge.db").migrate()
+
+
+# --- journal ------------------------------------------------------------------------------------
+
+
+def test_appended_notifications_are_pending_oldest_first_with_their_body(store):
+    ids = store.append_notifications([entry('{"n": 1}'), entry('{"n": 2}', alerts=3)])
+    assert ids == sorted(ids) and len(set(ids)) == 2
+    (third,) = store.append_notifications([entry('{"n": 3}')])
+    assert third > ids[-1]
+    pending = store.pending_notifications(10, 1000)
+    assert [(p.id, p.body) for p in pending] == [
+        (ids[0], '{"n": 1}'), (ids[1], '{"n": 2}'), (third, '{"n": 3}')]
+    stats = store.journal_stats(time.time())
+    assert (stats.pending, stats.pending_alerts, stats.decided) == (3, 5, 0)
+    assert stats.oldest_age >= 0
+
+
+def test_pending_batches_are_bounded_by_count_and_alerts_but_never_empty(store):
+    store.append_notifications([entry(alerts=600), entry(alerts=600), entry(alerts=5000)])
+    assert len(store.pending_notifications(1, 10_000)) == 1
+    assert len(store.pending_notifications(10, 1000)) == 1
+    assert len(store.pending_notifications(10, 1200)) == 2
+    (first, second, third) = store.pending_notifications(10, 10_000)
+    with store.deciding([first.id, second.id]) as batch:
+        assert batch.claimed == {first.id, second.id}
+    # A notification bigger than the alert budget still comes out, alone.
+    assert [p.id for p in store.pending_notifications(10, 1000)] == [third.id]
+
+
+def test_deciding_marks_notifications_decided_with_their_decisions(store):
+    (notification_id,) = store.append_notifications([entry()])
+    now = time.time()
+    with store.deciding([notification_id]) as batch:
+        assert batch.claimed == {notification_id}
+        delivery_id = batch.add_delivery(new_delivery(notification_id), now)
+        batch.add_decisions([record(notification_id, delivery_id=delivery_id)], now)
+    assert store.pending_notifications(10, 1000) == []
+    assert store.journal_stats(now).decided == 1
+    (decision,) = store.list_decisions()
+    assert (decision["notification_id"], decision["delivery_id"]) == (notification_id, delivery_id)
+    (delivery,) = store.list_deliveries()
+    assert (delivery["id"], delivery["status"], delivery["user_id"]) == (delivery_id, QUEUED, "u1")
+
+
+def test_a_failed_decision_batch_leaves_nothing_behind(store):
+    (notification_id,) = store.append_notifications([entry()])
+    with pytest.raises(RuntimeError), store.deciding([notification_id]) as batch:
+        batch.add_delivery(new_delivery(notification_id), time.time())
+        raise RuntimeError("decider crashed")
+    assert [p.id for p in store.pending_notifications(10, 1000)] == [notification_id]
+    assert store.list_deliveries() == [] and store.list_decisions() == []
+
+
+def test_a_decided_notification_is_never_claimed_again(store):
+    (notification_id,) = store.append_notifications([entry()])
+    with store.deciding([notification_id]) as batch:
+        batch.add_decisions([record(notification_id, "skipped")], time.time())
+    with store.deciding([notification_id]) as batch:
+        assert batch.claimed == set()
+
+
+def test_facts_name_the_delivery_of_each_key_and_the_last_queued_time(store):
+    delivery_id = queue_one(store, key="k1")
+    (other,) = store.append_notifications([entry()])
+    with store.deciding([other]) as batch:
+        facts = batch.facts(["k1", "k2"], [("NoFirstApiCall", "u1"), ("NoFirstApiCall", "u9")])
+        batch.add_decisions([record(other, "duplicate", delivery_id)], time.time())
+    assert facts.deliveries == {"k1": delivery_id}
+    assert set(facts.last_queued) == {("NoFirstApiCall", "u1")}
+    assert abs(facts.last_queued[("NoFirstApiCall", "u1")] - time.time()) < 60
+
+
+def test_a_delivery_without_cooldown_takes_no_cooldown_slot(store):
+    (notification_id,) = store.append_notifications([entry()])
+    with store.deciding([notification_id]) as batch:
+        batch.add_delivery(new_delivery(notification_id, cooldown=None), time.time())
+        facts = batch.facts([], [("NoFirstApiCall", "u1")])
+    assert facts.last_queued == {}
+
+
+def test_a_dedup_key_holds_one_delivery_whatever_the_caller_does(store):
+    queue_one(store, key="same")
+    with pytest.raises(StorageError):
+        queue_one(store, user="u1", key="same")
+    assert len(store.list_deliveries()) == 1
+
+
+def test_the_watcher_wakes_on_a_commit_elsewhere_and_times_out_otherwise(store, database):
+    watcher = store.watch()
+    try:
+        started = time.monotonic()
+        assert watcher.wait(0.2) is False
+        assert time.monotonic() - started >= 0.2
+        other = open_store(database)
+        threading.Timer(0.1, lambda: other.append_notifications([entry()])).start()
+        started = time.monotonic()
+        assert watcher.wait(10) is True
+        assert time.monotonic() - started < 5
+        interrupt = threading.Event()
+        threading.Timer(0.1, interrupt.set).start()
+        assert watcher.wait(10, interrupt) is False
+    finally:
+        watcher.close()
+
+
+# --- delivery queue -----------------------------------------------------------------------------
+
+
+def test_claim_is_exclusive_until_the_lease_expires(store):
+    queue_one(store)
+    now = time.time()
+    (first,) = store.claim_due(now, lease=60, limit=10)
+    assert first.status == SENDING and first.attempts == 1 and first.alert["labels"]["user_id"] == "u1"
+    assert store.claim_due(now + 1, lease=60, limit=10) == []
+    (second,) = store.claim_due(now + 61, lease=60, limit=10)
+    assert second.id == first.id and second.attempts == 2
+    outcomes = [a["outcome"] for a in store.list_attempts(first.id)]
+    assert outcomes == ["abandoned", "sending"]
+
+
+def test_claims_take_the_oldest_due_first_and_respect_the_limit(store):
+    ids = [queue_one(store, user=f"u{n}") for n in range(5)]
+    now = time.time() + 1
+    claimed = store.claim_due(now, lease=60, limit=3)
+    assert [d.id for d in claimed] == ids[:3]
+    assert [d.id for d in store.claim_due(now, lease=60, limit=10)] == ids[3:]
+
+
+def test_a_claim_whose_lease_expired_cannot_overwrite_the_newer_claim(store):
+    queue_one(store)
+    now = time.time()
+    (old,) = store.claim_due(now, lease=10, limit=1)
+    (new,) = store.claim_due(now + 11, lease=10, limit=1)
+    assert store.settle(new, SENT, now + 12, recipient="ada@example.com")
+    assert not store.settle(old, QUEUED, now + 13, error="late failure", retry_at=now + 60)
+    (row,) = store.list_deliveries()
+    assert (row["status"], row["last_error"], row["recipient"]) == (SENT, None, "ada@example.com")
+    outcomes = [a["outcome"] for a in store.list_attempts(new.id)]
+    assert outcomes == ["retry (after its lease expired)", "sent"]
+
+
+def test_a_retry_is_due_again_at_its_time(store):
+    queue_one(store)
+    now = time.time()
+    (claimed,) = store.claim_due(now, lease=60, limit=1)
+    assert store.next_due_at() == pytest.approx(now + 60)
+    assert store.settle(claimed, QUEUED, now, error="4xx", retry_at=now + 30)
+    assert store.next_due_at() == pytest.approx(now + 30)
+    assert store.claim_due(now + 29, lease=60) == []
+    (again,) = store.claim_due(now + 31, lease=60)
+    assert again.attempts == 2
+    assert store.list_deliveries()[0]["last_error"] == "4xx"
+
+
+def test_release_gives_the_delivery_back_untouched(store):
+    queue_one(store)
+    now = time.time()
+    (claimed,) = store.claim_due(now, lease=60, limit=1)
+    store.release(claimed, now)
+    (again,) = store.claim_due(now, lease=60, limit=1)
+    assert again.attempts == 1
+    assert len(store.list_attempts(again.id)) == 1
+
+
+def test_queue_stats_and_an_idle_queue(store):
+    assert store.next_due_at() is None
+    assert store.queue_stats(time.time()).depth == 0
+    queue_one(store, user="u1")
+    queue_one(store, user="u2")
+    stats = store.queue_stats(time.time() + 5)
+    assert stats.depth == 2 and stats.oldest_age >= 5
+
+
+def test_listings_filter_and_limit(store):
+    for n in range(3):
+        queue_one(store, user=f"u{n}")
+    assert [d["user_id"] for d in store.list_deliveries()] == ["u2", "u1", "u0"]
+    assert [d["user_id"] for d in store.list_deliveries(user="u1")] == ["u1"]
+    assert len(store.list_deliveries(limit=2)) == 2
+    assert store.list_deliveries(status=SENT) == []
+    assert [d["user_id"] for d in store.list_decisions(user="u0")] == ["u0"]
+    assert len(store.list_decisions(rule="NoFirstApiCall", limit=1)) == 1
+
+
+# --- suppressions -------------------------------------------------------------------------------
+
+
+def test_suppressions_add_once_list_and_remove(store):
+    assert store.add_suppression("u1", "*", "cli", time.time())
+    assert not store.add_suppression("u1", "*", "link", time.time())
+    assert store.add_suppression("u1", "UsageDropped", "link", time.time())
+    assert store.suppression_scopes("u1") == {"*", "UsageDropped"}
+    assert store.suppression_scopes("u2") == set()
+    assert [(r["scope"], r["source"]) for r in store.list_suppressions("u1")] == [
+        ("*", "cli"), ("UsageDropped", "link")]
+    assert store.remove_suppression("u1", "*")
+    assert not store.remove_suppression("u1", "*")
+    assert store.suppression_scopes("u1") == {"UsageDropped"}
+
+
+# --- several processes --------------------------------------------------------------------------
+
+APPENDER = """
+import sys, time
+from app.store import JournalEntry, open_store
+store = open_store(sys.argv[1])
+ids = []
+for n in range(int(sys.argv[3])):
+    ids += store.append_notifications([JournalEntry(time.time(), sys.argv[2], "firing", "g", 1, 0,
+                                                    '{"n": %d}' % n)])
+print(" ".join(map(str, ids)))
+"""
+
+
+def run_python(code: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_processes_appending_at_once_each_get_every_notification_stored(store, database):
+    children = [run_python(APPENDER, database, f"p{n}", "100") for n in range(4)]
+    ids = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        ids += [int(i) for i in out.split()]
+    assert len(ids) == len(set(ids)) == 400
+    assert store.journal_stats(time.time()).pending == 400
+
+
+DECIDER = """
+import sys
+from app.decider import Decider
+from app.policy import AlertPolicy
+from app.store import open_store
+store = open_store(sys.argv[1])
+decider = Decider(store, AlertPolicy(), max_notifications=int(sys.argv[2]), max_alerts=50)
+idle = 0
+while idle < 20:
+    report = decider.decide_batch()
+    idle = idle + 1 if report is None else 0
+print("done")
+"""
+
+
+def notification_body(users: list[str], starts_at: str = "2026-11-22T20:04:34Z") -> str:
+    return json.dumps({
+        "version": "4", "receiver": "nudge", "status": "firing", "groupKey": "{}:{}",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093", "truncatedAlerts": 0,
+        "alerts": [{
+            "status": "firing", "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
+            "labels": {"alertname": "NoFirstApiCall", "user_id": user,
+                       "email_template": "onboarding_first_call"},
+            "annotations": {}, "generatorURL": "", "fingerprint": f"fp-{user}",
+        } for user in users],
+    })
+
+
+def test_two_deciders_racing_decide_each_notification_once(store, database):
+    # Every user appears in three notifications (a repeat and an HA peer): one email each.
+    bodies = [notification_body([f"u{n}", f"u{n + 1}", f"u{n + 2}"]) for n in range(0, 300, 1)]
+    store.append_notifications([entry(body, alerts=3) for body in bodies[:100]])
+    deciders = [run_python(DECIDER, database, size) for size in ("7", "11")]
+    for start in range(100, 300, 50):
+        store.append_notifications([entry(body, alerts=3) for body in bodies[start:start + 50]])
+    for child in deciders:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0 and "done" in out, err
+    assert store.journal_stats(time.time()).pending == 0
+    decisions = store.list_decisions()
+    assert len(decisions) == 900
+    per_notification: dict[int, int] = {}
+    for decision in decisions:
+        per_notification[decision["notification_id"]] = per_notification.get(
+            decision["notification_id"], 0) + 1
+    assert set(per_notification.values()) == {3}
+    users = sorted(d["user_id"] for d in store.list_deliveries())
+    assert users == sorted({f"u{n}" for n in range(302)})
+    assert sum(d["outcome"] == "queued" for d in decisions) == 302
