@@ -164,11 +164,14 @@ def _optional_str(data: dict, key: str) -> str:
 
 
 def _require_unicode(text: str, where: str) -> None:
-    # JSON can escape a lone surrogate ("\ud800"), which no UTF-8 text (or SQLite) can hold.
+    # JSON can escape a lone surrogate ("\ud800"), which no UTF-8 text (or SQLite) can hold,
+    # and a NUL ("\u0000"), which PostgreSQL's text cannot hold: neither is a real label.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise PayloadError(f"{where} contains invalid Unicode (a lone surrogate)") from None
+    if "\x00" in text:
+        raise PayloadError(f"{where} contains a NUL character")
 
 
 def _string_map(value: Any, where: str) -> dict[str, str]:
@@ -177,8 +180,11 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise PayloadError(f"{where} must be an object of names to strings")
     try:  # one check for the whole map; only a failure looks at the items one by one
-        "".join(value).encode("utf-8")
-        "".join(value.values()).encode("utf-8")
+        names, texts = "".join(value), "".join(value.values())
+        names.encode("utf-8")
+        texts.encode("utf-8")
+        if "\x00" in names or "\x00" in texts:
+            raise UnicodeEncodeError("utf-8", "", 0, 1, "NUL")
     except UnicodeEncodeError:
         for name, text in value.items():
             _require_unicode(name, where)

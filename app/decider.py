@@ -143,17 +143,19 @@ class Decider:
                     if watcher is None:
                         watcher = self.store.watch()
                     report = self.decide_batch()
+                    if report is None:
+                        watcher.wait(IDLE_WAIT, stopping)
+                    elif report.queued:
+                        on_queued()
                     failures = 0
                 except StorageError as exc:
                     failures += 1
-                    delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                    delay = min(30.0, 0.25 * 2 ** min(failures, 7))
                     log.error("cannot decide notifications, retrying in %.1fs: %s", delay, exc)
+                    if watcher is not None:
+                        watcher.close()
+                        watcher = None
                     stopping.wait(delay)
-                    continue
-                if report is None:
-                    watcher.wait(IDLE_WAIT, stopping)
-                elif report.queued:
-                    on_queued()
         finally:
             if watcher is not None:
                 watcher.close()

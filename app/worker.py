@@ -96,7 +96,13 @@ class DeliveryWorker:
                         self.work.put(delivery)
                 if claimed:
                     continue
-                self._wait_for_work(watcher, idle=bool(free))
+                try:
+                    self._wait_for_work(watcher, idle=bool(free))
+                except StorageError as exc:
+                    log.error("lost the database's change notifications, reconnecting: %s", exc)
+                    watcher.close()
+                    watcher = None
+                    self.stopping.wait(1.0)
         finally:
             if watcher is not None:
                 watcher.close()
