@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -95,7 +96,10 @@ class Deliverer:
         self.secret_key = config.resolved_secret_key()
         self.templates = build_environment(config.templates_dir)
         self.retry_policy = RetryPolicy.from_config(config)
-        self.rate_limiter = RateLimiter(config.smtp_rate_limit or None)
+        # One rate for the whole fleet when the store can share it (PostgreSQL), else for
+        # this process's senders.
+        self.rate_limiter = (config.smtp_rate_limit and store.fleet_rate_limiter(
+            config.smtp_rate_limit)) or RateLimiter(config.smtp_rate_limit or None)
         self.static = StaticDirectory(config.static_map) if config.static_map else None
         self.directory = None
         if config.directory_url:
@@ -113,8 +117,12 @@ class Deliverer:
         if self.directory:
             self.directory.close()
 
-    def deliver(self, transport: Transport, delivery: Delivery) -> str:
-        """Send one claimed delivery and record the outcome; returns the new status."""
+    def deliver(self, transport: Transport, delivery: Delivery,
+                still_claimed: Callable[[], bool] | None = None) -> str:
+        """Send one claimed delivery and record the outcome; returns the new status.
+
+        `still_claimed` says whether our claim is still current (the worker renews leases);
+        by default, whether its lease has not run out."""
         labels = delivery.alert.get("labels", {})
         where = f"delivery={delivery.id} rule={delivery.rule} user={delivery.user_id}"
 
@@ -166,7 +174,10 @@ class Deliverer:
                               choice.address)
 
         self.rate_limiter.acquire()
-        if delivery.lease_until is not None and time.time() >= delivery.lease_until:
+        if still_claimed is None:
+            def still_claimed():
+                return delivery.lease_until is None or time.time() < delivery.lease_until
+        if not still_claimed():
             # Waited so long (rate limit, slow directory) that the claim expired: another
             # claim may be sending it now. Sending too would be a duplicate; leave it to that.
             log.warning("%s lease expired before sending; leaving it to the next claim", where)

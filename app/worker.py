@@ -29,6 +29,62 @@ log = logging.getLogger("nudge.worker")
 MAX_IDLE_SLEEP = 1.0
 
 
+class LeaseKeeper:
+    """Renews the leases of claimed deliveries until they are settled, so a slow send (or one
+    waiting for the rate limit) is never claimed by another worker or replica meanwhile."""
+
+    def __init__(self, store, lease: float):
+        self.store = store
+        self.lease = lease
+        self._lock = threading.Lock()
+        self._held: dict[int, Delivery] = {}
+        self._expires: dict[int, float] = {}
+        self.stopping = threading.Event()
+
+    def hold(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._held[delivery.id] = delivery
+            self._expires[delivery.id] = delivery.lease_until or 0.0
+
+    def drop(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._held.pop(delivery.id, None)
+            self._expires.pop(delivery.id, None)
+
+    def still_claimed(self, delivery: Delivery) -> bool:
+        with self._lock:
+            return time.time() < self._expires.get(delivery.id, 0.0)
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.wait(self.lease / 4):
+                self.renew()
+        finally:
+            self.store.close()
+
+    def renew(self) -> None:
+        with self._lock:
+            held = list(self._held.values())
+        if not held:
+            return
+        until = time.time() + self.lease
+        try:
+            current = self.store.renew_leases(held, until)
+        except StorageError as exc:
+            log.warning("cannot renew leases (will try again): %s", exc)
+            return
+        with self._lock:
+            for delivery in held:
+                if delivery.id not in self._expires:
+                    continue  # settled meanwhile
+                if delivery.id in current:
+                    self._expires[delivery.id] = until
+                else:
+                    log.warning("delivery=%d: its claim was taken over; not sending it",
+                                delivery.id)
+                    self._expires[delivery.id] = 0.0
+
+
 class DeliveryWorker:
     def __init__(self, config: Config, *, senders: int | None = None):
         self.config = config
@@ -38,6 +94,7 @@ class DeliveryWorker:
         self.deliverer = Deliverer(config, self.store)
         self.decider = Decider(self.store, AlertPolicy.from_config(config))
         self.new_work = threading.Event()
+        self.leases = LeaseKeeper(self.store, config.lease)
         self.new_transport = transport_factory(config.smtp_url, config.outbox_dir)
         self.work: queue.Queue[Delivery | None] = queue.Queue()
         self.slots = threading.Semaphore(self.senders * 2)
@@ -56,11 +113,15 @@ class DeliveryWorker:
         decider = threading.Thread(target=self.decider.run, args=(self.stopping, self.new_work.set),
                                    name="decider", daemon=True)
         decider.start()
+        keeper = threading.Thread(target=self.leases.run, name="lease-keeper", daemon=True)
+        keeper.start()
         try:
             self._dispatch_loop()
         finally:
             decider.join()
             self._drain()
+            self.leases.stopping.set()
+            keeper.join()
             self.deliverer.close()
             log.info("delivery worker stopped")
 
@@ -93,6 +154,7 @@ class DeliveryWorker:
                     for _ in range(free - len(claimed)):
                         self.slots.release()
                     for delivery in claimed:
+                        self.leases.hold(delivery)
                         self.work.put(delivery)
                 if claimed:
                     continue
@@ -133,7 +195,8 @@ class DeliveryWorker:
                     if self.stopping.is_set():
                         self.store.release(delivery, time.time())
                         continue
-                    self.deliverer.deliver(transport, delivery)
+                    self.deliverer.deliver(
+                        transport, delivery, lambda d=delivery: self.leases.still_claimed(d))
                 except Exception:
                     # A bug must not stop the other deliveries; the lease brings this one back.
                     log.exception("unexpected error delivering %d; it will be retried after "
@@ -141,6 +204,7 @@ class DeliveryWorker:
                     _close_quietly(transport)
                     transport = self.new_transport()
                 finally:
+                    self.leases.drop(delivery)
                     self.slots.release()
         finally:
             _close_quietly(transport)

@@ -28,6 +28,16 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster for the whole session; tests create databases in it."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer().init().start()
+    yield server
+    server.destroy()
+
+
 @pytest.fixture
 def config_data(tmp_path) -> dict:
     """nudge.yml keys for an isolated instance; tests add or change keys before `app` is built."""

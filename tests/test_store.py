@@ -27,22 +27,37 @@ from app.store import (
 )
 from tests.conftest import ROOT
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=ENGINES)
 def database(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "store.db")
-    raise AssertionError(request.param)
+    return request.getfixturevalue("postgres_server").create_database()
 
 
 @pytest.fixture
-def store(database):
-    store = open_store(database)
+def opened(database):
+    """open_store for this test's database; every store opened is closed afterwards."""
+    stores = []
+
+    def open_(target=None):
+        stores.append(open_store(target or database))
+        return stores[-1]
+
+    yield open_
+    for store in stores:
+        store.close()
+        if hasattr(store, "close_pool"):
+            store.close_pool()
+
+
+@pytest.fixture
+def store(opened):
+    store = opened()
     store.migrate()
-    yield store
-    store.close()
+    return store
 
 
 def entry(body: str = "{}", alerts: int = 1, at: float | None = None) -> JournalEntry:
@@ -77,15 +92,15 @@ def queue_one(store, user: str = "u1", key: str | None = None) -> int:
 # --- lifecycle ----------------------------------------------------------------------------------
 
 
-def test_migrate_is_idempotent_and_leaves_a_ready_store(database):
-    store = open_store(database)
+def test_migrate_is_idempotent_and_leaves_a_ready_store(opened):
+    store = opened()
     assert store.migrate() == store.migrate()
     store.check_ready()
 
 
-def test_an_unmigrated_database_is_not_ready(database):
+def test_an_unmigrated_database_is_not_ready(opened):
     with pytest.raises(SchemaMismatch, match="schema 0"):
-        open_store(database).check_ready()
+        opened().check_ready()
 
 
 def test_an_unusable_location_is_a_storage_error(tmp_path):
@@ -114,15 +129,20 @@ def test_appended_notifications_are_pending_oldest_first_with_their_body(store):
 
 
 def test_pending_batches_are_bounded_by_count_and_alerts_but_never_empty(store):
-    store.append_notifications([entry(alerts=600), entry(alerts=600), entry(alerts=5000)])
-    assert len(store.pending_notifications(1, 10_000)) == 1
-    assert len(store.pending_notifications(10, 1000)) == 1
-    assert len(store.pending_notifications(10, 1200)) == 2
-    (first, second, third) = store.pending_notifications(10, 10_000)
-    with store.deciding([first.id, second.id]) as batch:
-        assert batch.claimed == {first.id, second.id}
+    ids = store.append_notifications([entry(alerts=n) for n in (600, 600, 5000, 600, 600)])
+
+    def next_batch(max_notifications, max_alerts):
+        batch = store.pending_notifications(max_notifications, max_alerts)
+        with store.deciding([p.id for p in batch]) as deciding:
+            assert deciding.claimed == {p.id for p in batch}
+        return [p.id for p in batch]
+
+    assert next_batch(1, 10_000) == ids[:1]
+    assert next_batch(10, 1000) == ids[1:2]
     # A notification bigger than the alert budget still comes out, alone.
-    assert [p.id for p in store.pending_notifications(10, 1000)] == [third.id]
+    assert next_batch(10, 1000) == ids[2:3]
+    assert next_batch(10, 1200) == ids[3:]
+    assert next_batch(10, 1200) == []
 
 
 def test_deciding_marks_notifications_decided_with_their_decisions(store):
@@ -183,13 +203,13 @@ def test_a_dedup_key_holds_one_delivery_whatever_the_caller_does(store):
     assert len(store.list_deliveries()) == 1
 
 
-def test_the_watcher_wakes_on_a_commit_elsewhere_and_times_out_otherwise(store, database):
+def test_the_watcher_wakes_on_a_commit_elsewhere_and_times_out_otherwise(store, opened):
     watcher = store.watch()
     try:
         started = time.monotonic()
         assert watcher.wait(0.2) is False
         assert time.monotonic() - started >= 0.2
-        other = open_store(database)
+        other = opened()
         threading.Timer(0.1, lambda: other.append_notifications([entry()])).start()
         started = time.monotonic()
         assert watcher.wait(10) is True
@@ -376,3 +396,78 @@ def test_two_deciders_racing_decide_each_notification_once(store, database):
     users = sorted(d["user_id"] for d in store.list_deliveries())
     assert users == sorted({f"u{n}" for n in range(302)})
     assert sum(d["outcome"] == "queued" for d in decisions) == 302
+
+
+def test_a_renewed_lease_keeps_the_claim_and_a_lost_claim_cannot_renew(store):
+    queue_one(store)
+    now = time.time()
+    (claimed,) = store.claim_due(now, lease=10, limit=1)
+    assert store.renew_leases([claimed], now + 100) == {claimed.id}
+    assert store.claim_due(now + 50, lease=10) == []
+    (taken,) = store.claim_due(now + 101, lease=10)
+    assert store.renew_leases([claimed], now + 200) == set()
+    assert not store.settle(claimed, SENT, now + 102)
+    assert store.settle(taken, SENT, now + 103)
+
+
+CLAIMER = """
+import sys, time
+from app.store import SENT, open_store
+store = open_store(sys.argv[1])
+mine = []
+idle = 0
+while idle < 10:
+    claimed = store.claim_due(time.time(), 60, limit=5)
+    idle = 0 if claimed else idle + 1
+    for delivery in claimed:
+        mine.append(delivery.id)
+        store.settle(delivery, SENT, time.time())
+print(" ".join(map(str, mine)))
+"""
+
+
+def test_senders_in_several_processes_never_claim_the_same_delivery(store, database):
+    (notification_id,) = store.append_notifications([entry()])
+    with store.deciding([notification_id]) as batch:
+        for n in range(200):
+            batch.add_delivery(new_delivery(notification_id, f"u{n}", cooldown=None), time.time())
+    children = [run_python(CLAIMER, database) for _ in range(4)]
+    claimed = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        claimed += [int(i) for i in out.split()]
+    assert len(claimed) == len(set(claimed)) == 200
+    assert {d["status"] for d in store.list_deliveries()} == {SENT}
+
+
+def test_a_copy_carries_history_queue_cooldowns_and_suppressions(store, opened, tmp_path):
+    source = opened(str(tmp_path / "source.db"))
+    source.migrate()
+    sent = queue_one(source, user="u1")
+    (claimed,) = source.claim_due(time.time(), 60)
+    source.settle(claimed, SENT, time.time(), recipient="u1@example.com")
+    waiting = queue_one(source, user="u2")
+    source.add_suppression("u3", "*", "link", time.time())
+    source.append_notifications([entry('{"pending": true}')])
+
+    counts = store.import_rows(source.export_rows())
+    assert counts["deliveries"] == 2 and counts["suppressions"] == 1
+    assert counts["notifications"] == 3 and counts["attempts"] == 1
+    assert store.list_deliveries() == source.list_deliveries()
+    assert store.list_decisions() == source.list_decisions()
+    assert store.list_attempts(sent) == source.list_attempts(sent)
+    assert store.suppression_scopes("u3") == {"*"}
+    assert [p.body for p in store.pending_notifications(10, 100)] == ['{"pending": true}']
+    with store.deciding([]) as batch:
+        facts = batch.facts([f"NoFirstApiCall/u{n}/1" for n in (1, 2)],
+                            [("NoFirstApiCall", "u1"), ("NoFirstApiCall", "u2")])
+    assert facts.deliveries == {"NoFirstApiCall/u1/1": sent, "NoFirstApiCall/u2/1": waiting}
+    assert set(facts.last_queued) == {("NoFirstApiCall", "u1"), ("NoFirstApiCall", "u2")}
+    (next_id,) = store.append_notifications([entry()])
+    assert next_id == 4  # ids continue after the copied ones
+    (due,) = store.claim_due(time.time() + 1, 60)
+    assert due.id == waiting and due.alert["labels"]["user_id"] == "u2"
+
+    with pytest.raises(StorageError, match="not empty"):
+        store.import_rows(source.export_rows())

@@ -28,6 +28,7 @@ from app.store.base import (
     NewDelivery,
     PendingNotification,
     QueueStats,
+    RateReservation,
     SchemaMismatch,
     StorageError,
     StorageUnavailable,
@@ -37,19 +38,29 @@ from app.store.base import (
 __all__ = [
     "DEAD", "FAILED", "QUEUED", "SENDING", "SENT", "STATUSES", "SUPPRESSED", "WAITING",
     "ChangeWatcher", "DecisionBatch", "DecisionRecord", "Delivery", "Facts", "JournalEntry",
-    "JournalStats", "NewDelivery", "PendingNotification", "QueueStats", "SchemaMismatch",
-    "StorageError", "StorageUnavailable", "Store", "open_store",
+    "JournalStats", "NewDelivery", "PendingNotification", "QueueStats", "RateReservation", "SchemaMismatch",
+    "StorageError", "StorageUnavailable", "Store", "is_postgres", "open_store",
 ]
 
 POSTGRES_SCHEMES = ("postgres://", "postgresql://")
 
 
-def open_store(database: str | Path) -> Store:
-    """The store for the `database` setting: a SQLite file path (the default engine)."""
-    text = str(database)
-    if text.startswith(POSTGRES_SCHEMES):
-        raise StorageError("PostgreSQL databases are not supported by this version of Nudge; "
-                           "set database to a SQLite file path")
+def is_postgres(database: str | Path) -> bool:
+    return str(database).startswith(POSTGRES_SCHEMES)
+
+
+def open_store(database: str | Path, *, password_file: str | Path | None = None,
+               pool_size: int = 10) -> Store:
+    """The store for the `database` setting: a SQLite file path (the default engine) or a
+    PostgreSQL URL. `pool_size`: connections this process may hold (PostgreSQL)."""
+    if is_postgres(database):
+        try:
+            from app.store.postgres import PostgresStore
+        except ImportError:
+            raise StorageError(
+                "database is a PostgreSQL URL but the PostgreSQL driver is not installed: "
+                "pip install 'nudge[postgres]'") from None
+        return PostgresStore(str(database), password_file=password_file, pool_size=pool_size)
     from app.store.sqlite import SQLiteStore
 
-    return SQLiteStore(Path(text))
+    return SQLiteStore(Path(database))

@@ -149,8 +149,8 @@ class Delivery:
     alert: dict[str, Any]
     external_url: str
     created_at: str
-    attempt_id: int | None = None
-    lease_until: float | None = None  # identifies this claim: a later claim has a later lease
+    attempt_id: int | None = None  # identifies this claim: its row in the attempt log
+    lease_until: float | None = None  # when the claim expires unless renewed
 
     @property
     def created_epoch(self) -> float:
@@ -233,6 +233,10 @@ class Store(ABC):
         """Give back a claimed delivery untouched (shutting down before sending it)."""
 
     @abstractmethod
+    def renew_leases(self, deliveries: Sequence[Delivery], until: float) -> set[int]:
+        """Extend the leases of these claims; returns the ids whose claim is still current."""
+
+    @abstractmethod
     def next_due_at(self) -> float | None:
         """When the next delivery becomes due (a retry, or an expiring lease); None when idle."""
 
@@ -251,6 +255,11 @@ class Store(ABC):
     @abstractmethod
     def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]: ...
 
+    def fleet_rate_limiter(self, per_second: float) -> RateReservation | None:
+        """A send rate shared by every process on this database, or None when the engine has
+        no fleet (SQLite: all senders of a host share one process's limiter)."""
+        return None
+
     # -- suppressions ----------------------------------------------------------------------
     @abstractmethod
     def suppression_scopes(self, user_id: str) -> set[str]: ...
@@ -264,6 +273,39 @@ class Store(ABC):
 
     @abstractmethod
     def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]: ...
+
+    # -- moving an installation ------------------------------------------------------------
+    @abstractmethod
+    def export_rows(self) -> Iterator[tuple[str, list[str], list[tuple]]]:
+        """Every stored row, as (table, columns, rows) chunks, parents before children."""
+
+    @abstractmethod
+    def import_rows(self, chunks: Iterable[tuple[str, list[str], list[tuple]]]) -> dict[str, int]:
+        """Load `export_rows` output into this empty database in one transaction; returns rows
+        per table. StorageError when the database already holds data."""
+
+
+class RateReservation(ABC):
+    @abstractmethod
+    def acquire(self) -> None:
+        """Block until this process may send one more message."""
+
+
+# Tables in the order rows are copied between engines (parents first), with their columns.
+TABLES: dict[str, list[str]] = {
+    "notifications": ["id", "received_at", "receiver", "status", "group_key", "alert_count",
+                      "truncated_alerts", "body", "decided_at"],
+    "deliveries": ["id", "dedup_key", "notification_id", "rule", "user_id", "template", "kind",
+                   "status", "starts_at", "alert", "external_url", "recipient", "attempts",
+                   "next_attempt_at", "lease_until", "last_error", "created_at", "updated_at",
+                   "sent_at", "claim"],
+    "decisions": ["id", "notification_id", "created_at", "rule", "user_id", "alert_status",
+                  "starts_at", "fingerprint", "outcome", "reason", "detail", "delivery_id"],
+    "cooldowns": ["rule", "user_id", "last_queued_at"],
+    "attempts": ["id", "delivery_id", "attempt", "started_at", "finished_at", "outcome",
+                 "recipient", "error"],
+    "suppressions": ["user_id", "scope", "source", "created_at"],
+}
 
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:

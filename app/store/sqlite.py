@@ -24,6 +24,7 @@ from app.alerts import parse_time
 from app.clock import iso
 from app.store.base import (
     QUEUED,
+    TABLES,
     ChangeWatcher,
     DecisionBatch,
     DecisionRecord,
@@ -128,6 +129,12 @@ MIGRATIONS: list[str] = [
     UPDATE notifications SET decided_at = received_at;
     CREATE INDEX notifications_pending ON notifications(id) WHERE decided_at IS NULL;
     CREATE INDEX decisions_notification ON decisions(notification_id);
+    """,
+    # 3: a claim is identified by its attempt row (its lease can be renewed while sending).
+    """
+    ALTER TABLE deliveries ADD COLUMN claim INTEGER;
+    UPDATE deliveries SET claim = (SELECT MAX(id) FROM attempts WHERE delivery_id = deliveries.id)
+        WHERE status = 'sending';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -397,6 +404,7 @@ class SQLiteStore(Store):
                     "VALUES (?, ?, ?, 'sending')",
                     (row[0], row[6], iso(now)),
                 ).lastrowid
+                conn.execute("UPDATE deliveries SET claim = ? WHERE id = ?", (attempt_id, row[0]))
                 claimed.append(Delivery(
                     id=row[0], rule=row[1], user_id=row[2], template=row[3], kind=row[4],
                     status=row[5], attempts=row[6], alert=json.loads(row[7]),
@@ -410,15 +418,15 @@ class SQLiteStore(Store):
                error: str | None = None, retry_at: float | None = None) -> bool:
         attempt_outcome = "retry" if status == QUEUED else status
         with self._write("cannot record the outcome of a delivery") as conn:
-            # Only while this claim is still the delivery's current one (same lease).
+            # Only while this claim is still the delivery's current one.
             current = conn.execute(
-                "UPDATE deliveries SET status = ?, lease_until = NULL, updated_at = ?, "
-                "recipient = COALESCE(?, recipient), last_error = ?, "
+                "UPDATE deliveries SET status = ?, lease_until = NULL, claim = NULL, "
+                "updated_at = ?, recipient = COALESCE(?, recipient), last_error = ?, "
                 "next_attempt_at = COALESCE(?, next_attempt_at), "
                 "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
-                "WHERE id = ? AND status = 'sending' AND lease_until = ?",
+                "WHERE id = ? AND status = 'sending' AND claim = ?",
                 (status, iso(now), recipient, error, retry_at, status, iso(now), delivery.id,
-                 delivery.lease_until),
+                 delivery.attempt_id),
             ).rowcount
             if not current:
                 attempt_outcome = f"{attempt_outcome} (after its lease expired)"
@@ -432,14 +440,26 @@ class SQLiteStore(Store):
 
     def release(self, delivery: Delivery, now: float) -> None:
         with self._write("cannot release a delivery") as conn:
-            conn.execute(
-                "UPDATE deliveries SET status = 'queued', lease_until = NULL, "
+            released = conn.execute(
+                "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim = NULL, "
                 "attempts = attempts - 1, updated_at = ? "
-                "WHERE id = ? AND status = 'sending' AND lease_until = ?",
-                (iso(now), delivery.id, delivery.lease_until),
-            )
-            if delivery.attempt_id is not None:
+                "WHERE id = ? AND status = 'sending' AND claim = ?",
+                (iso(now), delivery.id, delivery.attempt_id),
+            ).rowcount
+            if released:
                 conn.execute("DELETE FROM attempts WHERE id = ?", (delivery.attempt_id,))
+
+    def renew_leases(self, deliveries: Sequence[Delivery], until: float) -> set[int]:
+        if not deliveries:
+            return set()
+        with self._write("cannot renew leases") as conn:
+            return {
+                delivery.id for delivery in deliveries
+                if conn.execute(
+                    "UPDATE deliveries SET lease_until = ? "
+                    "WHERE id = ? AND status = 'sending' AND claim = ?",
+                    (until, delivery.id, delivery.attempt_id)).rowcount
+            }
 
     def next_due_at(self) -> float | None:
         with self._read("cannot read the queue") as conn:
@@ -522,6 +542,29 @@ class SQLiteStore(Store):
             return self._rows("SELECT * FROM suppressions ORDER BY created_at", [])
         return self._rows(
             "SELECT * FROM suppressions WHERE user_id = ? ORDER BY created_at", [user_id])
+
+
+    # -- moving an installation ------------------------------------------------------------
+    def export_rows(self) -> Iterator[tuple[str, list[str], list[tuple]]]:
+        with self._read("cannot read the database") as conn:
+            for table, columns in TABLES.items():
+                cursor = conn.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid")
+                while rows := cursor.fetchmany(1000):
+                    yield table, columns, rows
+
+    def import_rows(self, chunks: Iterable[tuple[str, list[str], list[tuple]]]) -> dict[str, int]:
+        counts = dict.fromkeys(TABLES, 0)
+        with self._write("cannot load the copy") as conn:
+            for table in TABLES:
+                if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+                    raise StorageError(f"{self.description} is not empty (table {table} has "
+                                       f"rows): copy only into a new, empty database")
+            for table, columns, rows in chunks:
+                conn.executemany(
+                    f"INSERT INTO {table} ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' * len(columns))})", rows)
+                counts[table] += len(rows)
+        return counts
 
 
 class _SQLiteDecisionBatch(DecisionBatch):
