@@ -11,9 +11,13 @@ from flask import Flask, jsonify
 from app.config import Config, load_config, require_webhook_auth
 from app.journal import Journal
 from app.policy import AlertPolicy
-from app.store import open_store
+from app.store import store_for
 
 log = logging.getLogger("nudge")
+
+# Request threads per receiver process (gunicorn's gthread `threads`); each may hold a
+# database connection.
+RECEIVER_THREADS = 4
 
 
 def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_database: bool = True):
@@ -25,7 +29,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
     elif not isinstance(config, Config):
         config = load_config(data=config, environ={})
     require_webhook_auth(config)
-    store = open_store(config.database)
+    store = store_for(config, pool_size=RECEIVER_THREADS + 1)
     if prepare_database:
         store.migrate()
 

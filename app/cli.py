@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from app.config import Config, ConfigError, load_config, require_webhook_auth
-from app.store import STATUSES, StorageError, Store, open_store
+from app.store import STATUSES, StorageError, Store, store_for
 from app.suppressions import ALL
 
 
@@ -47,7 +47,7 @@ class Context:
 
     def store(self) -> Store:
         try:
-            store = open_store(self.config.database)
+            store = store_for(self.config)
             store.migrate()
             return store
         except StorageError as exc:
@@ -110,7 +110,7 @@ def worker(ctx: Context, parent_pid: int | None) -> None:
     configure_logging()
     config = ctx.config
     try:
-        open_store(config.database).migrate()
+        store_for(config).migrate()
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
     delivery_worker = DeliveryWorker(config)

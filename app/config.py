@@ -22,6 +22,7 @@ from app.durations import parse_cooldown, parse_duration
 
 DEFAULTS: dict[str, Any] = {
     "database": "var/nudge.db",
+    "database_password_file": None,
     "templates_dir": "email_templates",
     "rules_dir": "alert_rules",
     "public_url": "http://127.0.0.1:8080",
@@ -74,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
 # Environment variables that override one key each: what differs per deployment.
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "NUDGE_DB": ("database",),
+    "NUDGE_DB_PASSWORD_FILE": ("database_password_file",),
     "NUDGE_TEMPLATES": ("templates_dir",),
     "NUDGE_RULES": ("rules_dir",),
     "NUDGE_PUBLIC_URL": ("public_url",),
@@ -104,7 +106,7 @@ class RuleOverride:
 
 @dataclass(frozen=True)
 class Config:
-    database: Path
+    database: Path | str  # a SQLite file, or a PostgreSQL URL (str)
     templates_dir: Path
     rules_dir: Path
     public_url: str
@@ -141,11 +143,23 @@ class Config:
     lease: float
     outbox_dir: Path
     metrics_dir: Path
+    database_password_file: Path | None = None
     source: str = "defaults"
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def uses_postgres(self) -> bool:
+        return isinstance(self.database, str)
+
+    @property
+    def database_description(self) -> str:
+        """Where the data lives, safe to print (a PostgreSQL password is masked)."""
+        return _redact_url(self.database) if self.uses_postgres else str(self.database)
+
+    @property
     def secret_key_file(self) -> Path:
+        if self.uses_postgres:  # load_config requires secret_key with PostgreSQL
+            raise ConfigError(["secret_key: required with a PostgreSQL database"])
         return self.database.parent / "secret_key"
 
     def resolved_secret_key(self) -> str:
@@ -227,6 +241,10 @@ def load_config(
         if value:
             _set_path(merged, key_path, value)
     config = _build(merged, source, problems)
+    if config.uses_postgres and not config.secret_key:
+        problems.append(
+            f"{source}: secret_key: required with a PostgreSQL database, so that every replica "
+            f"signs unsubscribe links with the same key (set secret_key or NUDGE_SECRET_KEY)")
     if problems:
         raise ConfigError(problems)
     return config
@@ -380,6 +398,37 @@ def _path(value: Any) -> Path:
     return Path(_text(value))
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def _database(value: Any) -> Path | str:
+    """A SQLite file path, or a PostgreSQL URL (libpq syntax; query parameters pass through)."""
+    text = _text(value)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in POSTGRES_SCHEMES:
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError(f"not a valid PostgreSQL URL: {_redact_url(text)}") from None
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            raise ValueError(f"name the database in the URL (postgresql://user@host:5432/nudge), "
+                             f"got {_redact_url(text)}")
+        return text
+    if scheme:
+        raise ValueError(f"expected a SQLite file path or a postgresql:// URL, got a "
+                         f"{scheme}:// URL")
+    return Path(text)
+
+
 def _optional_path(value: Any) -> Path | None:
     return None if value in (None, "") else _path(value)
 
@@ -437,7 +486,9 @@ def _build(tree: dict, source: str, problems: list[str]) -> Config:
             basic_auth = (basic_user, basic_password)
     allow_unauthenticated = r.get("webhook.allow_unauthenticated", _bool, "true or false", False)
     return Config(
-        database=r.get("database", _path, "a file path", Path("var/nudge.db")),
+        database=r.get("database", _database, "a SQLite file path or a postgresql:// URL",
+                       Path("var/nudge.db")),
+        database_password_file=r.get("database_password_file", _optional_path, "a file path"),
         templates_dir=r.get("templates_dir", _path, "a folder path", Path("email_templates")),
         rules_dir=r.get("rules_dir", _path, "a folder path", Path("alert_rules")),
         public_url=r.get("public_url", _http_url, "an http(s) URL", "http://127.0.0.1:8080"),

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
+from app import RECEIVER_THREADS
 from app.config import Config
-from app.store import open_store
+from app.store import store_for
 
 log = logging.getLogger("nudge.server")
 
@@ -84,7 +85,7 @@ class Child:
 
 def serve(config: Config, config_path: str | None, bind: str, workers: int) -> int:
     configure_logging()
-    store = open_store(config.database)
+    store = store_for(config)
     store.migrate()
     config.resolved_secret_key()
     prepare_metrics_dir(config)
@@ -137,7 +138,7 @@ class NudgeGunicorn(BaseApplication):
             # connections stay open (a sync worker closes each after one request and waits
             # for the client's FIN). benchmarks/ measures both against the same settings.
             "worker_class": "gthread",
-            "threads": 4,
+            "threads": RECEIVER_THREADS,
             "keepalive": 30,
             "timeout": 30,
             "graceful_timeout": 20,

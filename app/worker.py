@@ -21,7 +21,7 @@ from app.config import Config
 from app.decider import Decider
 from app.delivery import Deliverer
 from app.policy import AlertPolicy
-from app.store import Delivery, StorageError, open_store
+from app.store import Delivery, StorageError, store_for
 from app.transports import transport_factory
 
 log = logging.getLogger("nudge.worker")
@@ -90,7 +90,7 @@ class DeliveryWorker:
         self.config = config
         self.senders = senders or config.smtp_connections
         self.stopping = threading.Event()
-        self.store = open_store(config.database)
+        self.store = store_for(config, pool_size=self.senders + 4)
         self.deliverer = Deliverer(config, self.store)
         self.decider = Decider(self.store, AlertPolicy.from_config(config))
         self.new_work = threading.Event()

@@ -39,10 +39,16 @@ __all__ = [
     "DEAD", "FAILED", "QUEUED", "SENDING", "SENT", "STATUSES", "SUPPRESSED", "WAITING",
     "ChangeWatcher", "DecisionBatch", "DecisionRecord", "Delivery", "Facts", "JournalEntry",
     "JournalStats", "NewDelivery", "PendingNotification", "QueueStats", "RateReservation", "SchemaMismatch",
-    "StorageError", "StorageUnavailable", "Store", "is_postgres", "open_store",
+    "StorageError", "StorageUnavailable", "Store", "is_postgres", "open_store", "store_for",
 ]
 
 POSTGRES_SCHEMES = ("postgres://", "postgresql://")
+
+
+def store_for(config, *, pool_size: int = 4) -> Store:
+    """The store of a Config (app.config.Config), with its PostgreSQL password file."""
+    return open_store(config.database, password_file=config.database_password_file,
+                      pool_size=pool_size)
 
 
 def is_postgres(database: str | Path) -> bool:
