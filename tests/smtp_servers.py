@@ -25,6 +25,7 @@ import email.policy
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -83,6 +84,7 @@ class ReceivedMessage:
     message: EmailMessage
     raw: bytes
     auth_login: str | None = None
+    accepted_at: float = field(default_factory=time.time)
 
     def __getitem__(self, header: str) -> Any:
         """Shortcut for `self.message[header]`."""

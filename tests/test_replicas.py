@@ -1,0 +1,246 @@
+"""Three `nudge serve` replicas on one PostgreSQL database, as the README's replica setup runs.
+
+Each replica is a real process tree (supervisor, gunicorn, delivery worker) with its own
+config file and metrics folder; the SMTP server and the PostgreSQL cluster are real too. The
+cluster is this module's own, because one test stops and restarts it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from app.store import open_store
+from tests.conftest import ROOT, TOKEN
+from tests.postgres_server import PostgresServer
+from tests.processes import NudgeProcess, wait_until
+from tests.smtp_servers import RecordingServer
+
+AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+REPLICAS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    server = PostgresServer().init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def database(cluster):
+    url = cluster.create_database()
+    yield url
+    store = open_store(url)
+    store.close_pool()
+
+
+def replica_config(tmp_path, database: str, smtp_url: str, n: int, **sections) -> dict:
+    config = {
+        "database": database,
+        "secret_key": "shared-by-every-replica",
+        "templates_dir": str(ROOT / "email_templates"),
+        "public_url": "https://nudge.example.com",
+        "webhook": {"token": TOKEN},
+        "smtp": {"url": smtp_url, "connections": 4},
+        "delivery": {"outbox_dir": str(tmp_path / f"outbox{n}"), "lease": "3s",
+                     "retry_backoff": "0.2s"},
+        "metrics": {"multiproc_dir": str(tmp_path / f"metrics{n}")},
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    return config
+
+
+def start_replicas(tmp_path, database, smtp_url, count=REPLICAS, **sections) -> list[NudgeProcess]:
+    replicas = []
+    for n in range(count):
+        folder = tmp_path / f"replica{n}"
+        folder.mkdir()
+        replicas.append(NudgeProcess(folder, replica_config(tmp_path, database, smtp_url, n,
+                                                            **sections)))
+    # All at once: migrations must run exactly once whoever comes first.
+    for replica in replicas:
+        replica.start(wait_ready=False)
+    for replica in replicas:
+        wait_until(replica.ready, timeout=60, message=f"replica ready:\n{replica.output}")
+    return replicas
+
+
+def stop_all(replicas: list[NudgeProcess]) -> None:
+    for replica in replicas:
+        if replica.process.poll() is None:
+            replica.stop()
+
+
+def alert(user: str, starts_at: str = "2026-11-22T20:04:34Z") -> dict:
+    return {
+        "status": "firing", "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "", "fingerprint": f"fp-{user}",
+        "labels": {"alertname": "NoFirstApiCall", "user_id": user, "email": f"{user}@example.com",
+                   "email_template": "onboarding_first_call"},
+        "annotations": {"summary": "no first call"},
+    }
+
+
+def notification(alerts: list[dict], group: str = "g") -> bytes:
+    return json.dumps({
+        "version": "4", "receiver": "nudge", "status": "firing",
+        "groupKey": f'{{}}:{{group="{group}"}}', "groupLabels": {"group": group},
+        "commonLabels": {}, "commonAnnotations": {}, "truncatedAlerts": 0,
+        "externalURL": "http://alertmanager:9093", "alerts": alerts,
+    }).encode()
+
+
+def recipients(smtp: RecordingServer) -> Counter:
+    return Counter(address for message in smtp.messages for address in message.rcpt_tos)
+
+
+def test_identical_posts_spread_over_replicas_make_exactly_one_email(tmp_path, database):
+    with RecordingServer() as smtp:
+        replicas = start_replicas(tmp_path, database, smtp.url)
+        try:
+            bodies = [notification([alert("ada")])] * 30
+            # The same alert in other groups (another route, an HA Alertmanager's group key).
+            bodies += [notification([alert("ada"), alert(f"other{n}")], group=f"g{n}")
+                       for n in range(6)]
+            targets = itertools.cycle(replicas)
+            jobs = [(next(targets).url, body) for body in bodies]
+            with ThreadPoolExecutor(max_workers=12) as pool:
+                codes = list(pool.map(lambda job: requests.post(
+                    job[0] + "/webhook", data=job[1], headers=AUTH, timeout=30).status_code, jobs))
+            assert codes == [200] * len(bodies)
+            store = open_store(database)
+            wait_until(lambda: store.journal_stats(time.time()).pending == 0, timeout=30,
+                       message="every notification decided")
+            smtp.wait_for(7, timeout=30)
+            time.sleep(1.0)  # a second email to ada would arrive now
+        finally:
+            stop_all(replicas)
+    counts = recipients(smtp)
+    assert counts["ada@example.com"] == 1
+    assert sum(counts.values()) == 7
+    decisions = store.list_decisions(user="ada")
+    assert len(decisions) == 36
+    assert sorted(Counter(d["outcome"] for d in decisions).items()) == [
+        ("duplicate", 35), ("queued", 1)]
+    store.close_pool()
+
+
+def test_a_replica_killed_mid_delivery_loses_nobody_its_email(tmp_path, database):
+    users = [f"user{n:03d}" for n in range(600)]
+    # 10 ms per SMTP command: a few seconds of sending across three replicas.
+    with RecordingServer(latency=0.01) as smtp:
+        replicas = start_replicas(tmp_path, database, smtp.url)
+        victim = replicas[0]
+        try:
+            for start, replica in zip(range(0, 600, 100), itertools.cycle(replicas)):
+                response = requests.post(
+                    replica.url + "/webhook", timeout=30, headers=AUTH,
+                    data=notification([alert(u) for u in users[start:start + 100]],
+                                      group=f"batch{start}"))
+                assert response.status_code == 200
+            smtp.wait_for(100, timeout=60)
+            victim.kill_group()
+            smtp.wait_for(600, timeout=120)
+            store = open_store(database)
+            wait_until(lambda: all(d["status"] == "sent" for d in store.list_deliveries()),
+                       timeout=60, message="every delivery sent")
+            time.sleep(1.0)
+        finally:
+            stop_all(replicas[1:])
+    counts = recipients(smtp)
+    assert set(counts) == {f"{u}@example.com" for u in users}
+    duplicates = sum(count - 1 for count in counts.values())
+    # At most what the killed replica had on the wire: its SMTP connections.
+    assert duplicates <= 4, counts.most_common(5)
+    attempts = [a["outcome"] for d in store.list_deliveries() for a in store.list_attempts(d["id"])]
+    assert attempts.count("sent") == 600
+    store.close_pool()
+
+
+def test_postgres_down_for_10s_means_503s_then_every_accepted_alert_sent_once(
+        tmp_path, cluster, database):
+    with RecordingServer() as smtp:
+        replicas = start_replicas(tmp_path, database, smtp.url)
+        answers: dict[str, list[int]] = {}
+        stop_stream = threading.Event()
+
+        def stream():
+            # Like Alertmanager: one POST per user, a failed POST is retried until it succeeds.
+            for n in itertools.count():
+                user = f"stream{n}"
+                codes = answers.setdefault(user, [])
+                while not stop_stream.is_set():
+                    try:
+                        code = requests.post(replicas[n % REPLICAS].url + "/webhook",
+                                             data=notification([alert(user)], group=user),
+                                             headers=AUTH, timeout=15).status_code
+                    except requests.RequestException:
+                        code = 0
+                    codes.append(code)
+                    if code == 200:
+                        break
+                    time.sleep(0.2)
+                if stop_stream.is_set():
+                    return
+                time.sleep(0.05)
+
+        try:
+            thread = threading.Thread(target=stream, daemon=True)
+            thread.start()
+            wait_until(lambda: len(answers) >= 20, timeout=30, message="stream running")
+            cluster.stop()
+            down_since = len(answers)
+            time.sleep(10)
+            assert len(answers) <= down_since + 1, "accepted POSTs while the database was down"
+            cluster.start()
+            wait_until(lambda: len(answers) >= down_since + 20, timeout=60,
+                       message="stream accepted again after the restart")
+            stop_stream.set()
+            thread.join(timeout=30)
+            for replica in replicas:
+                assert replica.ready(), replica.output  # no restart needed
+            accepted = {user for user, codes in answers.items() if 200 in codes}
+            smtp.wait_for(len(accepted), timeout=60)
+            time.sleep(1.0)
+        finally:
+            stop_stream.set()
+            stop_all(replicas)
+    refused = [code for codes in answers.values() for code in codes if code != 200]
+    assert refused and set(refused) <= {503, 0}
+    counts = recipients(smtp)
+    assert counts == Counter({f"{user}@example.com": 1 for user in accepted})
+    outputs = "".join(replica.output for replica in replicas)
+    assert "pg-test-secret" not in outputs
+
+
+def test_the_fleet_sends_within_the_shared_rate_limit(tmp_path, database):
+    rate, emails = 20, 120
+    with RecordingServer() as smtp:
+        replicas = start_replicas(tmp_path, database, smtp.url, smtp={"rate_limit": rate})
+        try:
+            for n, replica in enumerate(replicas):
+                response = requests.post(replica.url + "/webhook", headers=AUTH, timeout=30,
+                                         data=notification([alert(f"rate{n}-{u}")
+                                                            for u in range(emails // REPLICAS)],
+                                                           group=f"r{n}"))
+                assert response.status_code == 200
+            received = smtp.wait_for(emails, timeout=60)
+        finally:
+            stop_all(replicas)
+    times = sorted(message.accepted_at for message in received)
+    # A burst of one second's worth, then `rate` per second for the whole fleet: three
+    # replicas each keeping the rate on their own would take a third of this.
+    minimum = (emails - rate) / rate
+    assert times[-1] - times[0] >= 0.9 * minimum
+    for start in range(len(times)):
+        window = [t for t in times[start:] if t - times[start] < 1.0]
+        assert len(window) <= 2 * rate
