@@ -25,7 +25,7 @@ from app.directory import DirectoryClient, StaticDirectory, directory_headers_fr
 from app.messages import build_message, message_id_for
 from app.recipients import choose_recipient
 from app.rendering import TemplateError, build_environment, render_email
-from app.store import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, Store
+from app.store import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, StorageError, Store
 from app.suppressions import ALL, is_suppressed, unsubscribe_url
 from app.transports import RateLimiter, Transport, TransportError
 
@@ -218,7 +218,19 @@ class Deliverer:
         return self._settle(delivery, FAILED, recipient=recipient, error=error)
 
     def _settle(self, delivery: Delivery, status: str, **fields) -> str:
-        if not self.store.settle(delivery, status, time.time(), **fields):
+        # The outcome happened (an email may be out): keep trying to record it rather than
+        # let the lease expire and the delivery be sent again.
+        delay = 0.1
+        while True:
+            try:
+                current = self.store.settle(delivery, status, time.time(), **fields)
+                break
+            except StorageError as exc:
+                log.warning("delivery=%s: cannot record outcome %s yet, retrying in %.1fs: %s",
+                            delivery.id, status, delay, exc)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+        if not current:
             log.warning("delivery=%s outcome %s recorded only in its attempt log: its lease "
                         "expired and a newer claim owns it", delivery.id, status)
         return status

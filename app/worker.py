@@ -197,6 +197,11 @@ class DeliveryWorker:
                         continue
                     self.deliverer.deliver(
                         transport, delivery, lambda d=delivery: self.leases.still_claimed(d))
+                except StorageError as exc:
+                    # Nothing was sent (outcomes are retried until recorded): the lease brings
+                    # this delivery back once the database answers again.
+                    log.warning("delivery=%d not sent, the database is unavailable: %s",
+                                delivery.id, exc)
                 except Exception:
                     # A bug must not stop the other deliveries; the lease brings this one back.
                     log.exception("unexpected error delivering %d; it will be retried after "
@@ -206,6 +211,7 @@ class DeliveryWorker:
                 finally:
                     self.leases.drop(delivery)
                     self.slots.release()
+                    self.new_work.set()  # a free slot: the dispatcher may claim more
         finally:
             _close_quietly(transport)
             self.store.close()
