@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from app.config import Config, ConfigError, load_config, require_webhook_auth
-from app.store import STATUSES, StorageError, Store, store_for
+from app.store import STATUSES, StorageError, Store, open_store, store_for
 from app.suppressions import ALL
 
 
@@ -179,6 +179,30 @@ def deliveries(ctx: Context, user, rule, status, limit, show_attempts, as_json) 
         "no deliveries",
         attempt_lines if show_attempts else None,
     )
+
+
+@main.command("copy-database")
+@click.argument("target")
+@click.option("--target-password-file", type=click.Path(dir_okay=False),
+              help="File holding the target's password (instead of one in the URL).")
+@pass_context
+def copy_database(ctx: Context, target: str, target_password_file: str | None) -> None:
+    """Copy everything in the configured database into TARGET (a new, empty database).
+
+    TARGET is a PostgreSQL URL (or a SQLite path). History, the queue, cooldowns, dedup keys
+    and suppressions move with it, so repeats stay duplicates and unsubscribes stay in force.
+    Stop Nudge first; then point `database` at TARGET."""
+    source = ctx.store()
+    if str(target) == str(ctx.config.database):
+        raise click.ClickException("TARGET is the configured database itself")
+    try:
+        destination = open_store(target, password_file=target_password_file, pool_size=2)
+        destination.migrate()
+        counts = destination.import_rows(source.export_rows())
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"copied {ctx.config.database_description} into {destination.description}: "
+               + ", ".join(f"{count} {table}" for table, count in counts.items()))
 
 
 @main.command()

@@ -122,6 +122,7 @@ class DeliveryWorker:
             self._drain()
             self.leases.stopping.set()
             keeper.join()
+            self.store.close_all()
             self.deliverer.close()
             log.info("delivery worker stopped")
 

@@ -39,7 +39,7 @@ def database(cluster):
     url = cluster.create_database()
     yield url
     store = open_store(url)
-    store.close_pool()
+    store.close_all()
 
 
 def replica_config(tmp_path, database: str, smtp_url: str, n: int, **sections) -> dict:
@@ -131,7 +131,7 @@ def test_identical_posts_spread_over_replicas_make_exactly_one_email(tmp_path, d
     assert len(decisions) == 36
     assert sorted(Counter(d["outcome"] for d in decisions).items()) == [
         ("duplicate", 35), ("queued", 1)]
-    store.close_pool()
+    store.close_all()
 
 
 def test_a_replica_killed_mid_delivery_loses_nobody_its_email(tmp_path, database):
@@ -163,7 +163,7 @@ def test_a_replica_killed_mid_delivery_loses_nobody_its_email(tmp_path, database
     assert duplicates <= 4, counts.most_common(5)
     attempts = [a["outcome"] for d in store.list_deliveries() for a in store.list_attempts(d["id"])]
     assert attempts.count("sent") == 600
-    store.close_pool()
+    store.close_all()
 
 
 def test_postgres_down_for_10s_means_503s_then_every_accepted_alert_sent_once(

@@ -49,8 +49,7 @@ def opened(database):
     yield open_
     for store in stores:
         store.close()
-        if hasattr(store, "close_pool"):
-            store.close_pool()
+        store.close_all()
 
 
 @pytest.fixture

@@ -193,6 +193,10 @@ class Store(ABC):
     def close(self) -> None:
         """Close the calling thread's connection (others close when their threads end)."""
 
+    def close_all(self) -> None:
+        """Close every connection this process holds (at exit, or when done with the store)."""
+        self.close()
+
     # -- journal ---------------------------------------------------------------------------
     @abstractmethod
     def append_notifications(self, entries: Sequence[JournalEntry]) -> list[int]:

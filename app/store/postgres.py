@@ -230,7 +230,7 @@ class PostgresStore(Store):
     def close(self) -> None:
         """Connections are pooled per process; the pool closes when the process ends."""
 
-    def close_pool(self) -> None:
+    def close_all(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.close()
         self._pool = None
