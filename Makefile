@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help venv install install-test binaries run worker demo-api test lint check demo bench clean
+.PHONY: help venv install install-test binaries postgresql run worker demo-api test lint check demo bench clean
 
 help:
 	@echo "make run    - install and start Nudge (receiver + delivery) on http://127.0.0.1:8080"
@@ -30,7 +30,26 @@ $(VENV)/.test-deps: $(BIN)/nudge pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-install-test: $(VENV)/.test-deps binaries
+install-test: $(VENV)/.test-deps binaries postgresql
+
+# A real PostgreSQL server for the PostgreSQL engine's tests (each test session runs a
+# throwaway cluster of its own), and docker-compose to check the compose files.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "$$NUDGE_PG_BINDIR" ] \
+	    || command -v initdb >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "Installing postgresql and docker-compose from the distribution's packages"; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	        postgresql docker-compose >/dev/null; \
+	else \
+	    echo "PostgreSQL server binaries not found: install postgresql or set NUDGE_PG_BINDIR"; exit 1; \
+	fi
+	@command -v docker-compose >/dev/null || ! command -v apt-get >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	        --no-install-recommends docker-compose >/dev/null; }
 
 # Real Prometheus, Alertmanager, promtool and amtool for the rule and end-to-end tests.
 binaries:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.config import ConfigError, RuleOverride, load_config, require_webhook_auth
+from tests.conftest import ROOT
 
 TOKEN_ENV = {"NUDGE_WEBHOOK_TOKEN": "x"}
 HAS_TRANSPORTS = importlib.util.find_spec("app.transports") is not None
@@ -473,3 +474,58 @@ def test_empty_secret_key_file_is_never_used_as_the_key(tmp_path):
     key = config.resolved_secret_key()
     assert len(key.strip()) >= 32
     assert config.resolved_secret_key() == key
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+
+def test_a_postgresql_url_is_accepted_and_its_password_never_printed():
+    from app.config import load_config
+
+    config = load_config(data={"database": "postgresql://nudge:hunter2@db:5432/nudge?sslmode=require",
+                               "secret_key": "k"}, environ={})
+    assert config.uses_postgres
+    assert config.database == "postgresql://nudge:hunter2@db:5432/nudge?sslmode=require"
+    assert config.database_description == "postgresql://nudge:***@db:5432/nudge?sslmode=require"
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("postgresql://nudge:hunter2@db:5432/", "name the database"),
+    ("postgresql://nudge:hunter2@db:port/nudge", "not a valid PostgreSQL URL"),
+    ("mysql://nudge@db/nudge", "expected a SQLite file path or a postgresql:// URL"),
+])
+def test_a_bad_database_url_is_one_clear_problem_without_the_password(url, problem):
+    from app.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(data={"database": url, "secret_key": "k"}, environ={})
+    (line,) = caught.value.problems
+    assert problem in line and "hunter2" not in line
+
+
+def test_postgresql_requires_a_shared_secret_key_and_takes_the_password_file_from_env(tmp_path):
+    from app.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="secret_key: required with a PostgreSQL database"):
+        load_config(environ={"NUDGE_DB": "postgresql://nudge@db/nudge"})
+    config = load_config(environ={"NUDGE_DB": "postgresql://nudge@db/nudge",
+                                  "NUDGE_SECRET_KEY": "k",
+                                  "NUDGE_DB_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert config.database_password_file == tmp_path / "pw"
+
+
+def test_a_postgresql_url_without_the_driver_stops_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "nudge.yml"
+    config.write_text("database: postgresql://nudge:hunter2@127.0.0.1:1/nudge\nsecret_key: k\n")
+    # As if `pip install nudge` had been run without the [postgres] extra.
+    code = ("import sys; sys.modules['psycopg'] = None; sys.modules['psycopg_pool'] = None; "
+            "from app.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code, "--config", str(config), "deliveries"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error: database is a PostgreSQL URL but the PostgreSQL driver is not installed: "
+        "pip install 'nudge[postgres]'")
