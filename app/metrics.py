@@ -5,7 +5,14 @@ metrics; prometheus-client's multiprocess mode aggregates them when
 PROMETHEUS_MULTIPROC_DIR is set before this module is imported (`nudge serve` does that).
 """
 
+import os
+
 from prometheus_client import Counter, Histogram
+
+# In multiprocess mode prometheus-client creates its files when a metric without labels is
+# defined, at import: a folder named in the environment but not made yet must not crash it.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 WEBHOOK_REQUESTS = Counter(
     "nudge_webhook_requests", "Webhook requests answered, by HTTP status code", ["code"]
