@@ -243,6 +243,8 @@ def test_the_fleet_sends_within_the_shared_rate_limit(tmp_path, database):
     # replicas each keeping the rate on their own would take a third of this.
     minimum = (emails - rate) / rate
     assert times[-1] - times[0] >= 0.9 * minimum
+    # In any second: at most the burst plus a second's rate (with some room for when each
+    # accepted message is timestamped), never the three replicas' rates added up.
     for start in range(len(times)):
         window = [t for t in times[start:] if t - times[start] < 1.0]
-        assert len(window) <= 2 * rate
+        assert len(window) <= 2.5 * rate
