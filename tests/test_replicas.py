@@ -201,7 +201,12 @@ def test_postgres_down_for_10s_means_503s_then_every_accepted_alert_sent_once(
             wait_until(lambda: len(answers) >= 20, timeout=30, message="stream running")
             cluster.stop()
             down_since = len(answers)
-            time.sleep(10)
+            time.sleep(5)
+            for replica in replicas:
+                ready = requests.get(replica.url + "/-/ready", timeout=10)
+                assert ready.status_code == 503 and "unreachable" in ready.text
+                assert "pg-test-secret" not in ready.text
+            time.sleep(5)
             assert len(answers) <= down_since + 1, "accepted POSTs while the database was down"
             cluster.start()
             wait_until(lambda: len(answers) >= down_since + 20, timeout=60,
