@@ -24,13 +24,14 @@ from app.store import (
     DecisionRecord,
     NewDelivery,
     PendingNotification,
-    StorageError,
+    StorageUnavailable,
     Store,
 )
 
 log = logging.getLogger("nudge.decider")
 
 INVALID_NOTIFICATION = "invalid_notification"
+DECIDER_ERROR = "decider_error"
 # A batch is one transaction: big enough to share its fsync among many notifications, small
 # enough that the receivers' appends never wait long for the write lock.
 MAX_NOTIFICATIONS = 200
@@ -64,11 +65,38 @@ class Decider:
         self.max_notifications = max_notifications
         self.max_alerts = max_alerts
 
-    def decide_batch(self) -> BatchReport | None:
+    def decide_batch(self, max_notifications: int | None = None) -> BatchReport | None:
         """Decide the oldest undecided notifications; None when there were none."""
-        pending = self.store.pending_notifications(self.max_notifications, self.max_alerts)
+        pending = self.store.pending_notifications(max_notifications or self.max_notifications,
+                                                   self.max_alerts)
         if not pending:
             return None
+        return self._decide(pending)
+
+    def decide_singly(self, count: int) -> None:
+        """After a batch failed for a reason other than the database being unavailable: decide
+        the next `count` notifications one at a time, and record one that fails alone as
+        undecidable, so a single bad notification never blocks the journal."""
+        for _ in range(count):
+            pending = self.store.pending_notifications(1, self.max_alerts)
+            if not pending:
+                return
+            try:
+                self._decide(pending)
+            except StorageUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded as a decision, and logged
+                log.exception("notification %d cannot be decided; recording it as skipped",
+                              pending[0].id)
+                with self.store.deciding([pending[0].id]) as batch:
+                    if batch.claimed:
+                        batch.add_decisions([DecisionRecord(
+                            pending[0].id, "", "", "", "", "", SKIPPED, DECIDER_ERROR,
+                            f"the decider failed on this notification: {exc!r}", None)],
+                            time.time())
+                metrics.ALERT_DECISIONS.labels(SKIPPED, DECIDER_ERROR).inc()
+
+    def _decide(self, pending: list[PendingNotification]) -> BatchReport:
         prepared = [self._prepare(item) for item in pending]
         report = BatchReport()
         logged: list[tuple[_Prepared, Counter]] = []
@@ -148,7 +176,7 @@ class Decider:
                     elif report.queued:
                         on_queued()
                     failures = 0
-                except StorageError as exc:
+                except StorageUnavailable as exc:
                     failures += 1
                     delay = min(30.0, 0.25 * 2 ** min(failures, 7))
                     log.error("cannot decide notifications, retrying in %.1fs: %s", delay, exc)
@@ -156,6 +184,13 @@ class Decider:
                         watcher.close()
                         watcher = None
                     stopping.wait(delay)
+                except Exception:  # noqa: BLE001 - a bad notification, or a bug: isolate it
+                    log.exception("deciding a batch failed; deciding one at a time")
+                    try:
+                        self.decide_singly(self.max_notifications)
+                    except Exception as exc:  # noqa: BLE001 - the database, most likely
+                        log.error("cannot decide notifications, retrying in 1s: %s", exc)
+                        stopping.wait(1.0)
         finally:
             if watcher is not None:
                 watcher.close()
