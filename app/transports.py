@@ -200,7 +200,13 @@ class SmtpTransport:
 
     def _open(self) -> "_SMTP | _SMTPS":
         settings = self.settings
-        context = self._ssl_context or ssl.create_default_context()
+        context = None
+        if settings.security in ("tls", "starttls"):
+            # Loading the CA store costs tens of milliseconds: once per transport, not per
+            # connection, and never for plain SMTP.
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            context = self._ssl_context
         client: _SMTP | _SMTPS
         try:
             # Connecting in the constructor is what makes smtplib verify the certificate

@@ -141,26 +141,28 @@ class DeliveryWorker:
                         log.error("cannot watch the database, retrying: %s", exc)
                         self.stopping.wait(1.0)
                         continue
-                free = 0
+                # Claim only for free senders: block until one finishes (no spinning).
+                if not self.slots.acquire(timeout=MAX_IDLE_SLEEP):
+                    continue
+                free = 1
                 while self.slots.acquire(blocking=False):
                     free += 1
+                self.new_work.clear()
                 claimed: list[Delivery] = []
-                if free:
-                    self.new_work.clear()
-                    try:
-                        claimed = self.store.claim_due(time.time(), self.config.lease, limit=free)
-                    except StorageError as exc:
-                        log.error("cannot claim deliveries, retrying: %s", exc)
-                        self.stopping.wait(1.0)
-                    for _ in range(free - len(claimed)):
-                        self.slots.release()
-                    for delivery in claimed:
-                        self.leases.hold(delivery)
-                        self.work.put(delivery)
+                try:
+                    claimed = self.store.claim_due(time.time(), self.config.lease, limit=free)
+                except StorageError as exc:
+                    log.error("cannot claim deliveries, retrying: %s", exc)
+                    self.stopping.wait(1.0)
+                for _ in range(free - len(claimed)):
+                    self.slots.release()
+                for delivery in claimed:
+                    self.leases.hold(delivery)
+                    self.work.put(delivery)
                 if claimed:
                     continue
                 try:
-                    self._wait_for_work(watcher, idle=bool(free))
+                    self._wait_for_work(watcher)
                 except StorageError as exc:
                     log.error("lost the database's change notifications, reconnecting: %s", exc)
                     watcher.close()
@@ -171,11 +173,11 @@ class DeliveryWorker:
                 watcher.close()
             self.store.close()
 
-    def _wait_for_work(self, watcher, *, idle: bool) -> None:
-        """Sleep until the decider queues, another process commits, a retry falls due, or a
-        sender frees up (its settle is a commit)."""
+    def _wait_for_work(self, watcher) -> None:
+        """Nothing is due: sleep until the decider queues, another process commits, or the
+        next retry (or expiring lease) falls due."""
         try:
-            due = self.store.next_due_at() if idle else None
+            due = self.store.next_due_at()
         except StorageError:
             due = None
         timeout = MAX_IDLE_SLEEP
@@ -212,7 +214,6 @@ class DeliveryWorker:
                 finally:
                     self.leases.drop(delivery)
                     self.slots.release()
-                    self.new_work.set()  # a free slot: the dispatcher may claim more
         finally:
             _close_quietly(transport)
             self.store.close()
