@@ -384,7 +384,9 @@ def send_test(ctx: Context, template, recipient, labels, user_json, resolved) ->
         raise click.ClickException(str(exc)) from None
     except (TransportError, ValueError) as exc:
         raise click.ClickException(f"not sent: {exc}") from None
-    where = "SMTP " + config.smtp_url.split("@")[-1] if config.smtp_url else str(config.outbox_dir)
+    from app.redact import redact_url
+
+    where = f"SMTP {redact_url(config.smtp_url)}" if config.smtp_url else str(config.outbox_dir)
     click.echo(f"sent {template} to {recipient} via {where}")
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from app.durations import parse_cooldown, parse_duration
+from app.redact import redact_url
 
 DEFAULTS: dict[str, Any] = {
     "database": "var/nudge.db",
@@ -154,7 +155,7 @@ class Config:
     @property
     def database_description(self) -> str:
         """Where the data lives, safe to print (a PostgreSQL password is masked)."""
-        return _redact_url(self.database) if self.uses_postgres else str(self.database)
+        return redact_url(self.database) if self.uses_postgres else str(self.database)
 
     @property
     def secret_key_file(self) -> Path:
@@ -401,14 +402,6 @@ def _path(value: Any) -> Path:
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
-
-
 def _database(value: Any) -> Path | str:
     """A SQLite file path, or a PostgreSQL URL (libpq syntax; query parameters pass through)."""
     text = _text(value)
@@ -418,10 +411,10 @@ def _database(value: Any) -> Path | str:
             parts = urlsplit(text)
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number
         except ValueError:
-            raise ValueError(f"not a valid PostgreSQL URL: {_redact_url(text)}") from None
+            raise ValueError(f"not a valid PostgreSQL URL: {redact_url(text)}") from None
         if not parts.path.strip("/") and "dbname=" not in parts.query:
             raise ValueError(f"name the database in the URL (postgresql://user@host:5432/nudge), "
-                             f"got {_redact_url(text)}")
+                             f"got {redact_url(text)}")
         return text
     if scheme:
         raise ValueError(f"expected a SQLite file path or a postgresql:// URL, got a "

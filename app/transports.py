@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from app.redact import redact_url
+
 DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
 DEFAULT_TIMEOUT = 10.0
 
@@ -57,17 +59,17 @@ def parse_smtp_url(url: str) -> SmtpSettings:
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("smtp", "smtps"):
-        raise ValueError(f"SMTP URL must start with smtp:// or smtps://, got {_redact(url)!r}")
+        raise ValueError(f"SMTP URL must start with smtp:// or smtps://, got {redact_url(url)!r}")
     if parts.path not in ("", "/") or parts.fragment:
-        raise ValueError(f"SMTP URL must not have a path or fragment: {_redact(url)!r}")
+        raise ValueError(f"SMTP URL must not have a path or fragment: {redact_url(url)!r}")
     if not parts.hostname:
-        raise ValueError(f"SMTP URL has no host: {_redact(url)!r}")
+        raise ValueError(f"SMTP URL has no host: {redact_url(url)!r}")
     try:
         explicit_port = parts.port
     except ValueError:
-        raise ValueError(f"SMTP URL has an invalid port: {_redact(url)!r}") from None
+        raise ValueError(f"SMTP URL has an invalid port: {redact_url(url)!r}") from None
     if explicit_port == 0:
-        raise ValueError(f"SMTP URL has an invalid port: {_redact(url)!r}")
+        raise ValueError(f"SMTP URL has an invalid port: {redact_url(url)!r}")
 
     security = "tls" if parts.scheme == "smtps" else "plain"
     timeout = DEFAULT_TIMEOUT
@@ -109,11 +111,6 @@ def _parse_timeout(value: str) -> float:
     if not 0 < timeout < float("inf"):
         raise ValueError(f"SMTP URL: timeout must be a positive number of seconds, got {value!r}")
     return timeout
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 # -- SMTP -----------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import os
 import queue
 import threading
 import time
-from urllib.parse import urlsplit
 
 from app.config import Config
 from app.decider import Decider
 from app.delivery import Deliverer
 from app.policy import AlertPolicy
+from app.redact import redact_url
 from app.store import Delivery, StorageError, store_for
 from app.transports import transport_factory
 
@@ -102,7 +102,7 @@ class DeliveryWorker:
 
     def run(self) -> None:
         """Run until stop() is called; returns once in-flight messages are finished."""
-        target = self.config.smtp_url and _redact(self.config.smtp_url) or self.config.outbox_dir
+        target = self.config.smtp_url and redact_url(self.config.smtp_url) or self.config.outbox_dir
         log.info("delivery worker started: %d sender(s), sending via %s", self.senders, target)
         self.threads = [
             threading.Thread(target=self._send_loop, name=f"sender-{n}", daemon=True)
@@ -230,13 +230,6 @@ def _close_quietly(transport) -> None:
         transport.close()
     except Exception:  # noqa: BLE001 - closing a broken connection must not raise
         pass
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
 
 
 def watch_parent(worker: DeliveryWorker, parent_pid: int) -> None:

@@ -22,13 +22,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.clock import iso
+from app.redact import redact_url
 from app.store.base import (
     QUEUED,
     TABLES,
@@ -146,16 +147,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 IDENTITY_TABLES = ("notifications", "deliveries", "decisions", "attempts")
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = f"{parts.username}:***" if parts.username else ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
-
-
 def pair_lock_key(rule: str, user_id: str) -> int:
     """A 64-bit advisory lock key for (rule, user): a collision only serializes two pairs."""
     digest = hashlib.blake2b(f"{rule}\x1f{user_id}".encode(), digest_size=8).digest()
@@ -167,7 +158,7 @@ class PostgresStore(Store):
                  pool_size: int = 10):
         self.url = url
         self.password_file = Path(password_file) if password_file else None
-        self.description = f"PostgreSQL {redact(url)}"
+        self.description = f"PostgreSQL {redact_url(url)}"
         self.pool_size = max(1, pool_size)
         self._pool: ConnectionPool | None = None
         self._pool_pid = 0
