@@ -208,14 +208,14 @@ def test_the_watcher_wakes_on_a_commit_elsewhere_and_times_out_otherwise(store, 
         started = time.monotonic()
         assert watcher.wait(0.2) is False
         assert time.monotonic() - started >= 0.2
+        interrupt = threading.Event()
+        threading.Timer(0.1, interrupt.set).start()
+        assert watcher.wait(10, interrupt) is False
         other = opened()
         threading.Timer(0.1, lambda: other.append_notifications([entry()])).start()
         started = time.monotonic()
         assert watcher.wait(10) is True
         assert time.monotonic() - started < 5
-        interrupt = threading.Event()
-        threading.Timer(0.1, interrupt.set).start()
-        assert watcher.wait(10, interrupt) is False
     finally:
         watcher.close()
 

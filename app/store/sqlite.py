@@ -22,6 +22,7 @@ from typing import Any
 
 from app.alerts import parse_time
 from app.clock import iso
+from app.store import journal_files
 from app.store.base import (
     QUEUED,
     TABLES,
@@ -136,6 +137,13 @@ MIGRATIONS: list[str] = [
     UPDATE deliveries SET claim = (SELECT MAX(id) FROM attempts WHERE delivery_id = deliveries.id)
         WHERE status = 'sending';
     """,
+    # 4: receivers append to journal files (journal_files.py); the decider moves what it
+    # decides into `notifications` and records how far it read each file.
+    """
+    CREATE TABLE journal_offsets (file TEXT PRIMARY KEY, offset INTEGER NOT NULL);
+    CREATE TABLE journal_ids (next INTEGER NOT NULL);
+    INSERT INTO journal_ids (next) SELECT COALESCE(MAX(id), 0) + 1 FROM notifications;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -222,6 +230,11 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self.description = f"SQLite {self.path}"
         self._local = threading.local()
+        # Not "<database>-journal": SQLite itself uses that name for its rollback journal.
+        self.journal_folder = Path(f"{self.path}-incoming")
+        self._journal_writer = journal_files.JournalWriter(self.journal_folder, self._reserve_ids)
+        # Journal records handed to a decider by pending_notifications, by id.
+        self._positions: dict[int, journal_files.Record | None] = {}
 
     # -- connections and transactions ------------------------------------------------------
     def _connection(self) -> _Connection:
@@ -310,63 +323,183 @@ class SQLiteStore(Store):
 
     # -- journal ---------------------------------------------------------------------------
     def append_notifications(self, entries: Sequence[JournalEntry]) -> list[int]:
-        with self._write("could not store notification") as conn:
-            return [
-                conn.execute(
-                    "INSERT INTO notifications (received_at, receiver, status, group_key, "
-                    "alert_count, truncated_alerts, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (iso(e.received_at), e.receiver, e.status, e.group_key, e.alert_count,
-                     e.truncated_alerts, e.body),
-                ).lastrowid
-                for e in entries
-            ]
+        # To this process's journal file: no SQLite write lock on the receiver's path.
+        metas = [{"received_at": e.received_at, "receiver": e.receiver, "status": e.status,
+                  "group_key": e.group_key, "alert_count": e.alert_count,
+                  "truncated_alerts": e.truncated_alerts} for e in entries]
+        try:
+            return self._journal_writer.append(metas, [e.body for e in entries])
+        except OSError as exc:
+            raise StorageUnavailable(f"could not store notification in the journal "
+                                     f"{self.journal_folder}: {exc.strerror or exc}") from exc
+
+    def _reserve_ids(self, count: int) -> int:
+        with self._write("cannot reserve notification ids") as conn:
+            (first,) = conn.execute("UPDATE journal_ids SET next = next + ? RETURNING next - ?",
+                                    (count, count)).fetchone()
+        return first
+
+    def _offsets(self, conn: sqlite3.Connection) -> dict[str, int]:
+        return dict(conn.execute("SELECT file, offset FROM journal_offsets"))
+
+    def _journal_heads(self, offsets: dict[str, int], limit: int, max_alerts: int
+                       ) -> list[list[journal_files.Record]]:
+        return [list(journal_files.read_records(self.journal_folder / name,
+                                                offsets.get(name, 0), limit, max_alerts))
+                for name in journal_files.journal_names(self.journal_folder)]
 
     def pending_notifications(self, max_notifications: int, max_alerts: int
                               ) -> list[PendingNotification]:
         with self._read("cannot read the journal") as conn:
-            heads = conn.execute(
-                "SELECT id, alert_count FROM notifications WHERE decided_at IS NULL "
-                "ORDER BY id LIMIT ?", (max_notifications,),
-            ).fetchall()
-            chosen, alerts = [], 0
-            for notification_id, count in heads:
-                if chosen and alerts + count > max_alerts:
-                    break
-                chosen.append(notification_id)
-                alerts += count
-            if not chosen:
-                return []
-            rows = conn.execute(
-                f"SELECT id, received_at, body FROM notifications WHERE id IN "
-                f"({','.join('?' * len(chosen))}) ORDER BY id", chosen,
-            ).fetchall()
-        return [PendingNotification(i, parse_time(r).timestamp(), b) for i, r, b in rows]
+            offsets = self._offsets(conn)
+            # Notifications copied in by `nudge copy-database` wait in the table itself.
+            table = [(parse_time(r).timestamp(), i, c, b) for i, r, c, b in conn.execute(
+                "SELECT id, received_at, alert_count, body FROM notifications "
+                "WHERE decided_at IS NULL ORDER BY id LIMIT ?", (max_notifications,))]
+        try:
+            files = self._journal_heads(offsets, max_notifications, max_alerts)
+        except (OSError, ValueError) as exc:
+            raise StorageUnavailable(f"cannot read the journal {self.journal_folder}: {exc}"
+                                     ) from exc
+        # Oldest first across files, but always a prefix of each file: a file's checkpoint
+        # can only move past records that were decided.
+        chosen: list[PendingNotification] = []
+        alerts = 0
+        heads = [(records[0].received_at, n, 0) for n, records in enumerate(files) if records]
+        table_next = 0
+        while len(chosen) < max_notifications:
+            candidates = list(heads)
+            if table_next < len(table):
+                candidates.append((table[table_next][0], -1, table_next))
+            if not candidates:
+                break
+            received_at, source, position = min(candidates)
+            if source == -1:
+                _, notification_id, count, body = table[position]
+                record = None
+                table_next += 1
+            else:
+                record = files[source][position]
+                notification_id, count, body = record.id, record.alert_count, record.body
+                heads.remove((received_at, source, position))
+                if position + 1 < len(files[source]):
+                    following = files[source][position + 1]
+                    heads.append((following.received_at, source, position + 1))
+            if chosen and alerts + count > max_alerts:
+                break
+            alerts += count
+            self._positions[notification_id] = record
+            chosen.append(PendingNotification(notification_id, received_at, body))
+        return chosen
 
     @contextmanager
     def deciding(self, notification_ids: Sequence[int]) -> Iterator[DecisionBatch]:
+        wanted = list(notification_ids)
+        if any(i not in self._positions for i in wanted):
+            self._locate(wanted)
+        records = {i: self._positions.get(i) for i in wanted}
         with self._write("could not record decisions") as conn:
-            claimed: set[int] = set()
-            for part in chunks(list(notification_ids), MAX_PARAMS):
-                claimed.update(row[0] for row in conn.execute(
-                    f"SELECT id FROM notifications WHERE decided_at IS NULL AND id IN "
-                    f"({','.join('?' * len(part))})", part))
+            done: set[int] = set()
+            undecided_in_table: set[int] = set()
+            for part in chunks(wanted, MAX_PARAMS):
+                marks = ",".join("?" * len(part))
+                for notification_id, decided_at in conn.execute(
+                        f"SELECT id, decided_at FROM notifications WHERE id IN ({marks})", part):
+                    (undecided_in_table if decided_at is None else done).add(notification_id)
+            claimed = {i for i in wanted if i not in done
+                       and (i in undecided_in_table or records.get(i) is not None)}
+            # Into the table first: decisions and deliveries refer to them.
+            conn.executemany(
+                "INSERT INTO notifications (id, received_at, receiver, status, group_key, "
+                "alert_count, truncated_alerts, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.id, iso(r.received_at), r.receiver, r.status, r.group_key, r.alert_count,
+                  r.truncated_alerts, r.body) for i, r in records.items()
+                 if i in claimed and i not in undecided_in_table and r is not None])
             batch = _SQLiteDecisionBatch(conn, claimed)
             yield batch
-            stamp = iso()
             conn.executemany("UPDATE notifications SET decided_at = ? WHERE id = ?",
-                             [(stamp, i) for i in sorted(claimed)])
+                             [(iso(), i) for i in sorted(claimed)])
+            # Every record handed over moves its file's checkpoint, including ones another
+            # decider decided first.
+            ends: dict[str, int] = {}
+            for record in records.values():
+                if record is not None:
+                    ends[record.file] = max(ends.get(record.file, 0), record.end)
+            conn.executemany(
+                "INSERT INTO journal_offsets (file, offset) VALUES (?, ?) ON CONFLICT (file) "
+                "DO UPDATE SET offset = MAX(offset, excluded.offset)", list(ends.items()))
+        for notification_id in wanted:
+            self._positions.pop(notification_id, None)
+        if ends:
+            self._remove_consumed_files()
+
+    def _locate(self, notification_ids: Sequence[int]) -> None:
+        """Find records the caller did not get from `pending_notifications` (tests, tools)."""
+        wanted = set(notification_ids)
+        with self._read("cannot read the journal") as conn:
+            offsets = self._offsets(conn)
+        for records in self._journal_heads(offsets, 10**9, 10**12):
+            for record in records:
+                if record.id in wanted:
+                    self._positions[record.id] = record
+
+    def _remove_consumed_files(self) -> None:
+        """Delete journal files that are fully decided and will never grow again."""
+        names = journal_files.journal_names(self.journal_folder)
+        try:
+            with self._read("cannot read the journal") as conn:
+                offsets = self._offsets(conn)
+        except StorageError:
+            return
+        writers = {}
+        for name in names:
+            pid, start, seq = name.split(".")[0].split("-")
+            writers[(pid, start)] = max(writers.get((pid, start), -1), int(seq))
+        for name in names:
+            pid, start, seq = name.split(".")[0].split("-")
+            path = self.journal_folder / name
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            finished = int(seq) < writers[(pid, start)] or not journal_files.writer_alive(name)
+            if not finished:
+                continue
+            _, _, _, end = journal_files.scan(path, offsets.get(name, 0))
+            if end < offsets.get(name, 0) or journal_files.scan(path, end)[0]:
+                continue
+            if offsets.get(name, 0) >= end and (end == size or finished):
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                try:
+                    with self._write("cannot clean the journal") as conn:
+                        conn.execute("DELETE FROM journal_offsets WHERE file = ?", (name,))
+                except StorageError:
+                    pass
 
     def journal_stats(self, now: float) -> JournalStats:
         with self._read("cannot read the journal") as conn:
+            offsets = self._offsets(conn)
             pending, alerts, oldest = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(alert_count), 0), MIN(received_at) "
                 "FROM notifications WHERE decided_at IS NULL").fetchone()
-            (total,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM notifications").fetchone()
-        age = max(0.0, now - parse_time(oldest).timestamp()) if oldest else 0.0
-        return JournalStats(pending, alerts, age, total - pending)
+            (decided,) = conn.execute(
+                "SELECT COUNT(*) FROM notifications WHERE decided_at IS NOT NULL").fetchone()
+        oldest_at = parse_time(oldest).timestamp() if oldest else None
+        for name in journal_files.journal_names(self.journal_folder):
+            records, file_alerts, file_oldest, _ = journal_files.scan(
+                self.journal_folder / name, offsets.get(name, 0))
+            pending += records
+            alerts += file_alerts
+            if file_oldest is not None:
+                oldest_at = file_oldest if oldest_at is None else min(oldest_at, file_oldest)
+        age = max(0.0, now - oldest_at) if oldest_at is not None else 0.0
+        return JournalStats(pending, alerts, age, decided)
 
     def watch(self) -> ChangeWatcher:
-        return _DataVersionWatcher(self.path)
+        return _DataVersionWatcher(self.path, self.journal_folder)
 
     # -- delivery queue --------------------------------------------------------------------
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
@@ -547,10 +680,17 @@ class SQLiteStore(Store):
     # -- moving an installation ------------------------------------------------------------
     def export_rows(self) -> Iterator[tuple[str, list[str], list[tuple]]]:
         with self._read("cannot read the database") as conn:
+            offsets = self._offsets(conn)
             for table, columns in TABLES.items():
                 cursor = conn.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid")
                 while rows := cursor.fetchmany(1000):
                     yield table, columns, rows
+                if table == "notifications":
+                    # Accepted and not decided yet: they travel as undecided notifications.
+                    for records in self._journal_heads(offsets, 10**9, 10**12):
+                        yield table, columns, [
+                            (r.id, iso(r.received_at), r.receiver, r.status, r.group_key,
+                             r.alert_count, r.truncated_alerts, r.body, None) for r in records]
 
     def import_rows(self, chunks: Iterable[tuple[str, list[str], list[tuple]]]) -> dict[str, int]:
         counts = dict.fromkeys(TABLES, 0)
@@ -559,11 +699,18 @@ class SQLiteStore(Store):
                 if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
                     raise StorageError(f"{self.description} is not empty (table {table} has "
                                        f"rows): copy only into a new, empty database")
+            if any(self._journal_heads(self._offsets(conn), 1, 10**12)):
+                raise StorageError(f"{self.description} is not empty (notifications wait in "
+                                   f"{self.journal_folder}): copy only into a new, empty database")
             for table, columns, rows in chunks:
                 conn.executemany(
                     f"INSERT INTO {table} ({', '.join(columns)}) "
                     f"VALUES ({', '.join('?' * len(columns))})", rows)
                 counts[table] += len(rows)
+            # New notifications continue after the copied ones.
+            conn.execute("UPDATE journal_ids SET next = MAX(next, "
+                         "(SELECT COALESCE(MAX(id), 0) + 1 FROM notifications))")
+        self._journal_writer.forget_ids()
         return counts
 
 
@@ -616,14 +763,17 @@ class _SQLiteDecisionBatch(DecisionBatch):
 
 
 class _DataVersionWatcher(ChangeWatcher):
-    """`PRAGMA data_version` changes when another connection commits: checking it costs a few
-    microseconds, so watching it every few milliseconds notices new work quickly for nothing."""
+    """`PRAGMA data_version` changes when another connection commits, and the journal files
+    grow when a receiver appends: checking both costs microseconds, so watching them every
+    few milliseconds notices new work quickly for nothing."""
 
     INTERVAL = 0.005
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, journal_folder: Path):
         self.connection = _Connection(path)
+        self.journal_folder = journal_folder
         self.version = self._read()
+        self.journal = self._journal_sizes()
 
     def _read(self) -> int | None:
         try:
@@ -631,12 +781,20 @@ class _DataVersionWatcher(ChangeWatcher):
         except sqlite3.Error:
             return None
 
+    def _journal_sizes(self) -> tuple:
+        try:
+            return tuple(sorted((e.name, e.stat().st_size)
+                                for e in os.scandir(self.journal_folder)))
+        except OSError:
+            return ()
+
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         deadline = time.monotonic() + timeout
         while True:
             version = self._read()
-            if version is not None and version != self.version:
-                self.version = version
+            journal = self._journal_sizes()
+            if (version is not None and version != self.version) or journal != self.journal:
+                self.version, self.journal = version, journal
                 return True
             if interrupt is not None and interrupt.is_set():
                 return False
