@@ -6,15 +6,19 @@ ending .yml/.yaml, not under a `tests` folder); promtool checks them too when it
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from app.config import Config
+from app.directory import CredentialError, credentials_from_config, read_secret_file
 from app.durations import parse_cooldown
 from app.policy import COOLDOWN_ANNOTATION, SEND_RESOLVED_ANNOTATION
 from app.rendering import compile_all, has_resolved_variant, list_templates
@@ -140,10 +144,55 @@ def promtool_problems(files: list[Path]) -> list[str]:
     return [f"promtool: {line.strip()}" for line in lines if "SUCCESS" not in line]
 
 
-def run_checks(config: Config) -> tuple[list[str], str]:
+# How long `nudge check` waits for the directory's token endpoint.
+TOKEN_CHECK_TIMEOUT = 5.0
+
+
+def directory_checks(config: Config, environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(problems, notes) about the directory's credentials: each secret file must be readable;
+    the token endpoint is asked for a token. A token endpoint that cannot be reached is only a
+    warning (the network may not be there at check time); one that refuses the client is a
+    problem."""
+    problems: list[str] = []
+    oauth = config.directory_oauth
+    files = {
+        "directory.token_file": config.directory_token_file,
+        "directory.api_key_file": config.directory_api_key_file,
+        "directory.oauth.client_secret_file": oauth.client_secret_file if oauth else None,
+    }
+    for key, path in files.items():
+        if path is None:
+            continue
+        try:
+            read_secret_file(path)
+        except ValueError as exc:
+            problems.append(f"{config.source}: {key}: {exc}")
+    if oauth is None or problems:
+        return problems, []
+    credentials = credentials_from_config(config, environ)
+    assert credentials is not None and credentials.oauth is not None
+    try:
+        credentials.oauth.access_token(time.monotonic() + max(config.directory_timeout,
+                                                              TOKEN_CHECK_TIMEOUT))
+    except CredentialError as exc:
+        where = f"{config.source}: directory.oauth.token_url {oauth.token_url}"
+        if exc.retryable:
+            return problems, [f"warning: {where}: {exc} (directory lookups wait and retry "
+                              f"until it answers)"]
+        return [*problems, f"{where}: {exc}"], []
+    finally:
+        credentials.close()
+    return problems, [f"note: the directory token endpoint issued a token to {oauth.client_id!r}"]
+
+
+def run_checks(config: Config, environ: Mapping[str, str] | None = None) -> tuple[list[str], str]:
     """(problems, summary): problems is empty when everything is deployable."""
     problems: list[str] = []
     notes: list[str] = []
+    directory_problems, directory_notes = directory_checks(
+        config, os.environ if environ is None else environ)
+    problems.extend(directory_problems)
+    notes.extend(directory_notes)
     if not config.templates_dir.is_dir():
         problems.append(f"{config.templates_dir}: templates folder not found")
         templates: set[str] = set()

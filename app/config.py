@@ -53,7 +53,20 @@ DEFAULTS: dict[str, Any] = {
         "timeout": "2s",
         "retries": 2,
         "cache_ttl": "5m",
+        "cache_ttl_min": "0s",
+        "cache_ttl_max": "1h",
+        "max_stale": "1h",
         "api_key_header": "X-API-Key",
+        "token_file": None,
+        "api_key_file": None,
+        "oauth": {
+            "token_url": None,
+            "client_id": None,
+            "client_secret_file": None,
+            "scope": None,
+            "audience": None,
+            "auth_method": "client_secret_basic",
+        },
     },
     "smtp": {
         "url": None,
@@ -84,6 +97,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "NUDGE_WEBHOOK_TOKEN": ("webhook", "token"),
     "NUDGE_SMTP_URL": ("smtp", "url"),
     "NUDGE_DIRECTORY_URL": ("directory", "url"),
+    "NUDGE_DIRECTORY_TOKEN_FILE": ("directory", "token_file"),
+    "NUDGE_DIRECTORY_API_KEY_FILE": ("directory", "api_key_file"),
+    "NUDGE_DIRECTORY_TOKEN_URL": ("directory", "oauth", "token_url"),
+    "NUDGE_DIRECTORY_CLIENT_ID": ("directory", "oauth", "client_id"),
+    "NUDGE_DIRECTORY_CLIENT_SECRET_FILE": ("directory", "oauth", "client_secret_file"),
 }
 
 RECIPIENT_SOURCES = ("label", "static_map", "directory")
@@ -103,6 +121,19 @@ class RuleOverride:
     template: str | None = None
     cooldown: float | None | str = "default"  # seconds, None for forever, "default" when unset
     send_resolved: bool | None = None
+
+
+@dataclass(frozen=True)
+class DirectoryOAuth:
+    """OAuth 2.0 client credentials for the directory; the secret is a file or, when
+    `client_secret_file` is None, NUDGE_DIRECTORY_CLIENT_SECRET (never kept here)."""
+
+    token_url: str
+    client_id: str
+    client_secret_file: Path | None
+    scope: str | None
+    audience: str | None
+    auth_method: str
 
 
 @dataclass(frozen=True)
@@ -131,7 +162,13 @@ class Config:
     directory_timeout: float
     directory_retries: int
     directory_cache_ttl: float
+    directory_cache_ttl_min: float
+    directory_cache_ttl_max: float
+    directory_max_stale: float
     directory_api_key_header: str
+    directory_token_file: Path | None
+    directory_api_key_file: Path | None
+    directory_oauth: DirectoryOAuth | None
     smtp_url: str | None
     smtp_from: str
     smtp_reply_to: str | None
@@ -241,7 +278,7 @@ def load_config(
         value = environ.get(name)
         if value:
             _set_path(merged, key_path, value)
-    config = _build(merged, source, problems)
+    config = _build(merged, source, problems, environ)
     if config.uses_postgres and not config.secret_key:
         problems.append(
             f"{source}: secret_key: required with a PostgreSQL database, so that every replica "
@@ -464,7 +501,62 @@ def _rule_overrides(value: Any, source: str, problems: list[str]) -> dict[str, R
     return overrides
 
 
-def _build(tree: dict, source: str, problems: list[str]) -> Config:
+def _directory_credentials(
+    r: _Reader, source: str, problems: list[str], environ: Mapping[str, str]
+) -> tuple[Path | None, Path | None, DirectoryOAuth | None]:
+    """directory.token_file, directory.api_key_file and directory.oauth, cross-checked with
+    NUDGE_DIRECTORY_TOKEN, NUDGE_DIRECTORY_API_KEY and NUDGE_DIRECTORY_CLIENT_SECRET."""
+    token_file = r.get("directory.token_file", _optional_path, "a file path")
+    api_key_file = r.get("directory.api_key_file", _optional_path, "a file path")
+    token_env = bool(environ.get("NUDGE_DIRECTORY_TOKEN", "").strip())
+    secret_env = bool(environ.get("NUDGE_DIRECTORY_CLIENT_SECRET", "").strip())
+    if token_file and token_env:
+        problems.append(f"{source}: directory.token_file: NUDGE_DIRECTORY_TOKEN is set too: "
+                        f"use one of them")
+    if api_key_file and environ.get("NUDGE_DIRECTORY_API_KEY", "").strip():
+        problems.append(f"{source}: directory.api_key_file: NUDGE_DIRECTORY_API_KEY is set too: "
+                        f"use one of them")
+    token_url = r.get("directory.oauth.token_url", _optional_http_url, "an http(s) URL")
+    client_id = r.get("directory.oauth.client_id", _optional_text, "a string")
+    secret_file = r.get("directory.oauth.client_secret_file", _optional_path, "a file path")
+    scope = r.get("directory.oauth.scope", _optional_text, "space-separated scopes")
+    audience = r.get("directory.oauth.audience", _optional_text, "a string")
+    auth_method = r.get("directory.oauth.auth_method", _token_auth_method,
+                        "client_secret_basic or client_secret_post", "client_secret_basic")
+    if not (token_url or client_id or secret_file or scope or audience):
+        return token_file, api_key_file, None
+    where = f"{source}: directory.oauth"
+    if not token_url:
+        problems.append(f"{where}.token_url: required with directory.oauth settings "
+                        f"(or NUDGE_DIRECTORY_TOKEN_URL)")
+    if not client_id:
+        problems.append(f"{where}.client_id: required with directory.oauth.token_url "
+                        f"(or NUDGE_DIRECTORY_CLIENT_ID)")
+    if secret_file and secret_env:
+        problems.append(f"{where}.client_secret_file: NUDGE_DIRECTORY_CLIENT_SECRET is set too: "
+                        f"use one of them")
+    elif not (secret_file or secret_env):
+        problems.append(f"{where}.client_secret_file: required with directory.oauth.token_url "
+                        f"(or NUDGE_DIRECTORY_CLIENT_SECRET_FILE, or NUDGE_DIRECTORY_CLIENT_SECRET)")
+    if token_file or token_env:
+        problems.append(f"{where}: a bearer token (directory.token_file or NUDGE_DIRECTORY_TOKEN) "
+                        f"is set too: both would be sent as Authorization; use one")
+    if not (token_url and client_id):
+        return token_file, api_key_file, None
+    return token_file, api_key_file, DirectoryOAuth(
+        token_url, client_id, secret_file, scope, audience, auth_method)
+
+
+def _token_auth_method(value: Any) -> str:
+    from app.directory import TOKEN_AUTH_METHODS
+
+    text = _text(value)
+    if text not in TOKEN_AUTH_METHODS:
+        raise ValueError(f"expected one of {', '.join(TOKEN_AUTH_METHODS)}, got {value!r}")
+    return text
+
+
+def _build(tree: dict, source: str, problems: list[str], environ: Mapping[str, str]) -> Config:
     r = _Reader(tree, source, problems)
     token = r.get("webhook.token", _optional_text, "a string")
     basic_user = r.get("webhook.basic_auth.username", _optional_text, "a string")
@@ -478,6 +570,12 @@ def _build(tree: dict, source: str, problems: list[str]) -> Config:
         else:
             basic_auth = (basic_user, basic_password)
     allow_unauthenticated = r.get("webhook.allow_unauthenticated", _bool, "true or false", False)
+    token_file, api_key_file, oauth = _directory_credentials(r, source, problems, environ)
+    cache_ttl_min = r.get("directory.cache_ttl_min", parse_duration, "a duration", 0.0)
+    cache_ttl_max = r.get("directory.cache_ttl_max", parse_duration, "a duration", 3600.0)
+    if cache_ttl_min > cache_ttl_max:
+        problems.append(f"{source}: directory.cache_ttl_max: must be at least "
+                        f"directory.cache_ttl_min ({cache_ttl_min:g}s), got {cache_ttl_max:g}s")
     return Config(
         database=r.get("database", _database, "a SQLite file path or a postgresql:// URL",
                        Path("var/nudge.db")),
@@ -515,9 +613,15 @@ def _build(tree: dict, source: str, problems: list[str]) -> Config:
         directory_timeout=r.get("directory.timeout", _positive_duration, "a duration", 2.0),
         directory_retries=r.get("directory.retries", _non_negative_int, "a whole number >= 0", 2),
         directory_cache_ttl=r.get("directory.cache_ttl", parse_duration, "a duration", 300.0),
+        directory_cache_ttl_min=cache_ttl_min,
+        directory_cache_ttl_max=cache_ttl_max,
+        directory_max_stale=r.get("directory.max_stale", parse_duration, "a duration", 3600.0),
         directory_api_key_header=r.get(
             "directory.api_key_header", _text, "an HTTP header name", "X-API-Key"
         ),
+        directory_token_file=token_file,
+        directory_api_key_file=api_key_file,
+        directory_oauth=oauth,
         smtp_url=r.get(
             "smtp.url", _smtp_url, "smtp://[user:pass@]host[:port][?tls=starttls|tls], smtps://..."
         ),

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from app import metrics
 from app.alerts import parse_time
 from app.config import Config
-from app.directory import DirectoryClient, StaticDirectory, directory_headers_from_env
+from app.directory import StaticDirectory, directory_from_config
 from app.messages import build_message, message_id_for
 from app.recipients import choose_recipient
 from app.rendering import TemplateError, build_environment, render_email
@@ -101,16 +101,7 @@ class Deliverer:
         self.rate_limiter = (config.smtp_rate_limit and store.fleet_rate_limiter(
             config.smtp_rate_limit)) or RateLimiter(config.smtp_rate_limit or None)
         self.static = StaticDirectory(config.static_map) if config.static_map else None
-        self.directory = None
-        if config.directory_url:
-            self.directory = DirectoryClient(
-                config.directory_url,
-                email_field=config.directory_email_field,
-                timeout=config.directory_timeout,
-                retries=config.directory_retries,
-                cache_ttl=config.directory_cache_ttl,
-                headers=directory_headers_from_env(os.environ, config.directory_api_key_header),
-            )
+        self.directory = directory_from_config(config, os.environ) if config.directory_url else None
         self.message_domain = urlsplit(config.public_url).hostname or "nudge.localhost"
 
     def close(self) -> None:

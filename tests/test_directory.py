@@ -13,7 +13,10 @@ from app.directory import (
     DirectoryClient,
     DirectoryLookup,
     StaticDirectory,
+    cache_lifetime,
     directory_headers_from_env,
+    stale_usable,
+    token_refresh_at,
 )
 from tests.directory_server import Behaviour, DirectoryServer
 
@@ -138,6 +141,153 @@ def test_returned_records_are_copies_callers_cannot_corrupt_the_cache(
     first.record["email"] = "mallory@example.com"
 
     assert client.lookup("u1").email == "ada@example.com"
+
+
+# --- the cache follows the API's Cache-Control ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "age", "expected"),
+    [
+        (None, None, 300),  # the API says nothing: directory.cache_ttl
+        ("private", None, 300),
+        ("max-age=60", None, 60),
+        ("private, max-age=60", "20", 40),  # already 20 s old when it arrived
+        ("max-age=60", "90", 5),  # older than its max-age: the lower bound
+        ("Max-Age=\"45\"", None, 45),
+        ("max-age=86400", None, 3600),  # the upper bound
+        ("max-age=2", None, 5),  # the lower bound
+        ("no-cache", None, 5),  # ask every time, within the bounds
+        ("max-age=soon", None, 300),  # malformed: as if absent
+        ("max-age=-1", None, 300),
+        ("no-store", None, None),  # never kept
+        ("max-age=60, no-store", None, None),
+    ],
+)
+def test_cache_lifetime_follows_the_api_within_bounds(cache_control, age, expected) -> None:
+    lifetime = cache_lifetime(cache_control, age, default=300, minimum=5, maximum=3600)
+
+    assert lifetime == expected
+
+
+def test_cache_lifetime_without_a_lower_bound_honours_max_age_zero() -> None:
+    assert cache_lifetime("max-age=0", None, default=300) == 0
+
+
+def test_a_stale_record_is_usable_only_within_max_stale() -> None:
+    assert stale_usable(now=1000.0, expired_at=400.0, max_stale=600.0)
+    assert not stale_usable(now=1000.1, expired_at=400.0, max_stale=600.0)
+    assert not stale_usable(now=1.0, expired_at=0.0, max_stale=0.0)
+
+
+def test_tokens_are_renewed_a_tenth_of_their_lifetime_early_at_most_a_minute() -> None:
+    assert token_refresh_at(100.0, 10.0) == 109.0
+    assert token_refresh_at(100.0, 3600.0) == 3640.0  # 60 s early, not 6 min
+    assert token_refresh_at(100.0, None) is None  # no lifetime given: until refused
+
+
+def test_max_age_keeps_a_record_beyond_the_configured_ttl(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    server.cache_control("private, max-age=60")
+    client = make_client(cache_ttl=0.0)
+
+    first, second = client.lookup("u1"), client.lookup("u1")
+
+    assert (first.source, second.source) == ("fresh", "cache")
+    assert server.hits("u1") == 1
+
+
+def test_max_age_beyond_the_upper_bound_is_cut_to_it(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    server.cache_control("max-age=86400")
+    client = make_client(cache_ttl_max=0.05)
+    client.lookup("u1")
+    time.sleep(0.1)
+
+    assert client.lookup("u1").source == "fresh"
+    assert server.hits("u1") == 2
+
+
+def test_max_age_below_the_lower_bound_is_raised_to_it(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    server.cache_control("max-age=0")
+    client = make_client(cache_ttl_min=60.0)
+
+    client.lookup("u1")
+
+    assert client.lookup("u1").source == "cache"
+    assert server.hits("u1") == 1
+
+
+def test_no_store_asks_every_time_and_keeps_no_fallback(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    server.cache_control("no-store")
+    client = make_client(cache_ttl=300.0)
+    first, second = client.lookup("u1"), client.lookup("u1")
+    server.fail(503)
+
+    third = client.lookup("u1")
+
+    assert (first.source, second.source) == ("fresh", "fresh")
+    assert server.hits("u1") == 2 + 3  # the outage lookup made 1 + 2 retries
+    assert third.source == "unavailable" and third.record is None  # nothing was kept
+
+
+def test_no_store_drops_a_record_cached_before(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    client = make_client(cache_ttl=0.0)
+    client.lookup("u1")  # cached (as a fallback) under the default rules
+    server.cache_control("no-store", times=1)
+    client.lookup("u1")
+    server.fail(503)
+
+    assert client.lookup("u1").source == "unavailable"
+
+
+def test_cache_control_on_a_404_sets_how_long_it_is_remembered(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    server.cache_control("no-store")
+    client = make_client(negative_ttl=60.0)
+
+    client.lookup("ghost")
+    client.lookup("ghost")
+
+    assert server.hits("ghost") == 2
+
+
+def test_stale_record_older_than_max_stale_is_not_used(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    client = make_client(cache_ttl=0.0, max_stale=0.1)
+    client.lookup("u2")
+    time.sleep(0.2)
+    server.fail(503)
+    stale_before = metric("nudge_directory_cache_lookups_total", result="stale")
+
+    result = client.lookup("u2")
+
+    assert result.source == "unavailable"
+    assert result.record is None and result.email is None
+    assert result.error is not None and "longer than max_stale" in result.error
+    assert metric("nudge_directory_cache_lookups_total", result="stale") == stale_before
+
+
+def test_stale_record_within_max_stale_is_used(
+    server: DirectoryServer, make_client: MakeClient
+) -> None:
+    client = make_client(cache_ttl=0.0, max_stale=60.0)
+    client.lookup("u2")
+    server.fail(503)
+
+    result = client.lookup("u2")
+
+    assert (result.source, result.email) == ("stale", "grace@example.com")
 
 
 # --- credentials and URL safety ----------------------------------------------------------------
