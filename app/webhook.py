@@ -19,7 +19,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from app import metrics
-from app.alerts import PayloadError, parse_json, parse_notification
+from app.alerts import PayloadError, check_notification, parse_json
 from app.config import Config
 from app.store import JournalEntry, StorageError
 
@@ -39,8 +39,11 @@ def receive() -> tuple[Response, int]:
     except ClientDisconnected:
         return _answer(400, "client disconnected before sending the whole body")
     try:
-        notification = parse_notification(parse_json(body))
-        text = body.decode("utf-8")
+        notification = check_notification(parse_json(body), body)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:  # raw surrogates, which json.loads lets through
+            raise PayloadError("body is not UTF-8 text") from None
     except PayloadError as exc:
         log.warning("rejected notification: %s", exc)
         return _answer(400, str(exc))
@@ -50,7 +53,7 @@ def receive() -> tuple[Response, int]:
         receiver=notification.receiver,
         status=notification.status,
         group_key=notification.group_key,
-        alert_count=len(notification.alerts),
+        alert_count=notification.alert_count,
         truncated_alerts=notification.truncated_alerts,
         body=text,
     )
@@ -63,7 +66,7 @@ def receive() -> tuple[Response, int]:
     metrics.NOTIFICATIONS.labels(notification.receiver).inc()
     log.debug("accepted notification %d from receiver=%s group=%s: %d alerts (%s)",
               notification_id, notification.receiver, notification.group_key,
-              len(notification.alerts), notification.status)
+              notification.alert_count, notification.status)
     if notification.truncated_alerts:
         metrics.TRUNCATED_ALERTS.labels(notification.receiver).inc(notification.truncated_alerts)
         log.warning(
