@@ -24,7 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m demo_api",
         description="A small instrumented API product for the Nudge demo. "
-        "Set DEMO_API_TOKEN to require a token on GET /users/<id>.",
+        "Set DEMO_API_TOKEN to require a token on GET /users/<id>; set DEMO_API_CLIENT_ID and "
+        "DEMO_API_CLIENT_SECRET_FILE (or DEMO_API_CLIENT_SECRET) to protect it with OAuth 2.0 "
+        "client credentials instead (POST /oauth/token; tokens live DEMO_API_TOKEN_TTL seconds, "
+        "default 300).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(

@@ -7,8 +7,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from authlib.oauth2 import OAuth2Error
 from flask import Flask, Response, jsonify, render_template_string, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -19,11 +21,32 @@ from demo_api.directory import (
     account_from_json,
 )
 from demo_api.metrics import product_registry
+from demo_api.oauth import DemoOAuth, OAuthSettings, install_oauth
 from demo_api.seed import SEED_USERS, seeded_accounts
 from demo_api.simulator import TrafficSimulator
 
 TOKEN_ENV = "DEMO_API_TOKEN"
+CLIENT_ID_ENV = "DEMO_API_CLIENT_ID"
+CLIENT_SECRET_ENV = "DEMO_API_CLIENT_SECRET"
+CLIENT_SECRET_FILE_ENV = "DEMO_API_CLIENT_SECRET_FILE"
+TOKEN_TTL_ENV = "DEMO_API_TOKEN_TTL"
+# How long API clients may cache a user record (Cache-Control: private, max-age=...).
+RECORD_MAX_AGE = 30
 Json = tuple[Response, int]
+
+
+def oauth_settings_from_env(environ: dict[str, str] | os._Environ) -> OAuthSettings | None:
+    """OAuth 2.0 for GET /users/<id> from DEMO_API_CLIENT_ID and DEMO_API_CLIENT_SECRET(_FILE)."""
+    client_id = environ.get(CLIENT_ID_ENV, "").strip()
+    if not client_id:
+        return None
+    secret_file = environ.get(CLIENT_SECRET_FILE_ENV, "").strip()
+    return OAuthSettings(
+        client_id=client_id,
+        client_secret=None if secret_file else environ.get(CLIENT_SECRET_ENV, "").strip(),
+        client_secret_file=Path(secret_file) if secret_file else None,
+        token_ttl=int(environ.get(TOKEN_TTL_ENV, "").strip() or 300),
+    )
 
 
 @dataclass
@@ -34,6 +57,7 @@ class DemoAPI:
     simulator: TrafficSimulator
     registry: CollectorRegistry
     token: str | None
+    oauth: DemoOAuth | None = None
 
     def stop(self) -> None:
         """Stop the simulated traffic thread (safe to call more than once)."""
@@ -46,9 +70,11 @@ def create_app(
     simulate: bool = True,
     simulate_interval: float = 1.0,
     token: str | None = None,
+    oauth: OAuthSettings | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Flask:
-    """Build the demo API. `token` (or env DEMO_API_TOKEN) protects GET /users/<id>."""
+    """Build the demo API. GET /users/<id> is protected by `token` (or env DEMO_API_TOKEN)
+    and/or by OAuth 2.0 client credentials, `oauth` (or env DEMO_API_CLIENT_ID...)."""
     directory = UserDirectory(clock=clock)
     if seed:
         directory.add_all(seeded_accounts(clock()))
@@ -59,6 +85,9 @@ def create_app(
         token=token if token is not None else (os.environ.get(TOKEN_ENV) or None),
     )
     app = Flask(__name__)
+    oauth = oauth if oauth is not None else oauth_settings_from_env(os.environ)
+    if oauth is not None:
+        demo.oauth = install_oauth(app, oauth, clock)
     app.extensions["demo"] = demo
     _register_routes(app, demo)
     if simulate:
@@ -70,10 +99,10 @@ def _error(message: str, status: int) -> Json:
     return jsonify({"error": message}), status
 
 
-def _authorized(token: str | None) -> bool:
-    """True when no token is configured, or the request presents it in either header."""
+def _has_token(token: str | None) -> bool:
+    """True when the request presents the static token in either header."""
     if token is None:
-        return True
+        return False
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     presented = [request.headers.get("X-API-Key", "")]
     if scheme.lower() == "bearer":
@@ -82,6 +111,23 @@ def _authorized(token: str | None) -> bool:
         candidate and hmac.compare_digest(candidate.encode(), token.encode())
         for candidate in presented
     )
+
+
+def _refusal(demo: DemoAPI) -> Json | None:
+    """None when the request may read user records, else the 401 answer."""
+    if demo.token is None and demo.oauth is None:
+        return None
+    if _has_token(demo.token):
+        return None
+    if demo.oauth is None:
+        return _error("missing or invalid API token", 401)
+    try:
+        demo.oauth.protector.acquire_token()
+        return None
+    except OAuth2Error as error:
+        response = jsonify(dict(error.get_body()))
+        response.headers.update(dict(error.get_headers()))
+        return response, error.status_code
 
 
 def _json_body() -> dict[str, Any] | None:
@@ -98,12 +144,28 @@ def _register_routes(app: Flask, demo: DemoAPI) -> None:
 
     @app.get("/users/<user_id>")
     def user_record(user_id: str) -> Json:
-        if not _authorized(demo.token):
-            return _error("missing or invalid API token", 401)
+        refusal = _refusal(demo)
+        if refusal is not None:
+            return refusal
         try:
-            return jsonify(directory.record(user_id)), 200
+            response = jsonify(directory.record(user_id))
         except UnknownUser:
             return _error("unknown user", 404)
+        # Records change as the user calls the API: clients may reuse one for a short while.
+        response.headers["Cache-Control"] = f"private, max-age={RECORD_MAX_AGE}"
+        return response, 200
+
+    @app.post("/oauth/token")
+    def issue_token() -> Response | Json:
+        if demo.oauth is None:
+            return _error("OAuth 2.0 is not enabled: set DEMO_API_CLIENT_ID", 404)
+        return demo.oauth.server.create_token_response()
+
+    @app.post("/admin/oauth/revoke")
+    def revoke_tokens() -> Json:
+        if demo.oauth is None:
+            return _error("OAuth 2.0 is not enabled: set DEMO_API_CLIENT_ID", 404)
+        return jsonify({"revoked": demo.oauth.tokens.revoke_all()}), 200
 
     def product_call(endpoint: str, *, server_error: bool = False) -> Json:
         user_id = request.headers.get("X-User-Id", "").strip()
@@ -200,6 +262,7 @@ def _register_routes(app: Flask, demo: DemoAPI) -> None:
             base=request.host_url.rstrip("/"),
             simulating=demo.simulator.running,
             token_required=demo.token is not None,
+            oauth=demo.oauth.settings if demo.oauth else None,
         )
 
 
@@ -210,8 +273,11 @@ pre{background:#f4f4f4;padding:1em}</style></head>
 <body>
 <h1>Nudge demo API</h1>
 <p>An instrumented API product: Prometheus scrapes <a href="/metrics">/metrics</a>,
-Nudge reads <code>GET /users/&lt;id&gt;</code>{% if token_required %}
-(needs <code>Authorization: Bearer $DEMO_API_TOKEN</code>){% endif %}.
+Nudge reads <code>GET /users/&lt;id&gt;</code>{% if oauth %}
+(needs an OAuth 2.0 access token from <code>POST /oauth/token</code>, client credentials grant,
+client <code>{{ oauth.client_id }}</code>, tokens valid {{ oauth.token_ttl }} s){% endif %}
+{%- if token_required %} ({% if oauth %}or {% endif -%}
+<code>Authorization: Bearer $DEMO_API_TOKEN</code>){% endif %}.
 Simulated traffic is <strong>{{ "on" if simulating else "off" }}</strong>.</p>
 <table>
 <tr><th>id</th><th>name</th><th>email</th><th>plan</th><th>quota</th><th>payment</th>
@@ -242,8 +308,16 @@ curl -X POST -H 'Content-Type: application/json' \\
 curl -X POST -H 'Content-Type: application/json' -d '{"enabled": false}' \\
      {{ base }}/admin/simulate
 # the directory record Nudge reads
+{% if oauth -%}
+TOKEN=$(curl -s -u '{{ oauth.client_id }}:'"$CLIENT_SECRET" -d grant_type=client_credentials \\
+     {{ base }}/oauth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+curl -H "Authorization: Bearer $TOKEN" {{ base }}/users/u1
+# revoke every token issued so far (the next directory request gets 401)
+curl -X POST {{ base }}/admin/oauth/revoke
+{%- else -%}
 curl {% if token_required -%}
 -H "Authorization: Bearer $DEMO_API_TOKEN" {% endif %}{{ base }}/users/u1
+{%- endif %}
 </pre>
 </body></html>
 """

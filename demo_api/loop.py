@@ -4,13 +4,16 @@
 the real `prometheus` and `alertmanager` binaries (PROMETHEUS_BIN / ALERTMANAGER_BIN, else
 found on PATH) on loopback ports, with the shipped `alert_rules/` and
 `deploy/alertmanager.yml` rewritten only for ports, file paths and faster timings (every
-rule's `for:` shortened so the demo shows emails within a minute, not an hour).
+rule's `for:` shortened so the demo shows emails within a minute, not an hour). Nudge reads
+the demo API's user directory with OAuth 2.0 client credentials: a client secret file both
+share, and access tokens that expire every TOKEN_TTL seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +29,8 @@ from demo_api.mailcatcher import MailCatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "loop-token"
+DIRECTORY_CLIENT_ID = "nudge"
+TOKEN_TTL = 60  # seconds an access token to the demo API's user directory lives
 
 
 def free_port() -> int:
@@ -100,6 +105,7 @@ class Loop:
         self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
         self.mail = MailCatcher(self.workdir / "mail")
         self.logs = self.workdir / "logs"
+        self.client_secret_file = self.workdir / "directory-client-secret"
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -124,6 +130,8 @@ class Loop:
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(prometheus))
         token_file = self.workdir / "nudge-webhook-token"
         token_file.write_text(TOKEN + "\n")
+        self.client_secret_file.write_text(secrets.token_urlsafe(24) + "\n")
+        self.client_secret_file.chmod(0o600)
         (self.workdir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(
             self.urls["nudge"], token_file, group_wait=self.group_wait,
             group_interval=self.group_interval, repeat_interval=self.repeat_interval,
@@ -139,7 +147,12 @@ class Loop:
             "secret_key": "demo-secret-key",
             "server": {"bind": f"127.0.0.1:{self.ports['nudge']}", "workers": 2},
             "webhook": {"token": TOKEN},
-            "directory": {"url": self.urls["demo"] + "/users/{user_id}"},
+            "directory": {
+                "url": self.urls["demo"] + "/users/{user_id}",
+                "oauth": {"token_url": self.urls["demo"] + "/oauth/token",
+                          "client_id": DIRECTORY_CLIENT_ID,
+                          "client_secret_file": str(self.client_secret_file)},
+            },
             "smtp": {"url": f"smtp://127.0.0.1:{self.mail.port}",
                      "from": "Acme API <hello@acme.example>", "connections": 2},
             "delivery": {"retry_backoff": "1s", "max_backoff": "5s", "lease": "10s",
@@ -153,10 +166,12 @@ class Loop:
                 nudge[key] = value
         (self.workdir / "nudge.yml").write_text(yaml.safe_dump(nudge))
 
-    def _spawn(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], env_extra: dict[str, str] | None = None,
+               **kwargs) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith("NUDGE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+               if not k.startswith(("NUDGE_", "DEMO_API_")) and k != "PROMETHEUS_MULTIPROC_DIR"}
+        env.update(env_extra or {})
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True, **kwargs)
         self.processes[name] = process
@@ -166,7 +181,10 @@ class Loop:
         self.mail.start()
         self.write_configs()
         self._spawn("demo-api", [sys.executable, "-m", "demo_api", "--port",
-                                 str(self.ports["demo"]), "--simulate-interval", "1"])
+                                 str(self.ports["demo"]), "--simulate-interval", "1"],
+                    env_extra={"DEMO_API_CLIENT_ID": DIRECTORY_CLIENT_ID,
+                               "DEMO_API_CLIENT_SECRET_FILE": str(self.client_secret_file),
+                               "DEMO_API_TOKEN_TTL": str(TOKEN_TTL)})
         self.start_nudge()
         prometheus = find_binary("PROMETHEUS_BIN", "prometheus")
         self._spawn("prometheus", [
@@ -182,7 +200,7 @@ class Loop:
             f"--web.listen-address=127.0.0.1:{self.ports['alertmanager']}",
             "--cluster.listen-address=", "--log.level=warn",
         ])
-        for name, path in (("demo", "/users/u1"), ("prometheus", "/-/ready"),
+        for name, path in (("demo", "/metrics"), ("prometheus", "/-/ready"),
                            ("alertmanager", "/-/ready"), ("nudge", "/-/ready")):
             self.wait_http(name, path)
         return self
@@ -262,6 +280,8 @@ Nudge demo is running (Ctrl-C to stop):
   Nudge                      {loop.urls['nudge']}/metrics
   emails arrive in           {loop.mail.folder}/
   Nudge's decisions          .venv/bin/nudge --config {workdir / 'nudge.yml'} deliveries
+  directory access           OAuth 2.0 client credentials, client {DIRECTORY_CLIENT_ID!r}, secret in
+                             {loop.client_secret_file}, tokens live {TOKEN_TTL}s
 Rules fire after their for: ({args.for_duration}) plus a few seconds; each email is listed below.
 """, flush=True)
         seen = 0

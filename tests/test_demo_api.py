@@ -19,7 +19,9 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
+from app.directory import ClientCredentials, DirectoryClient, DirectoryCredentials, Secret
 from demo_api import create_app
+from demo_api.oauth import OAuthSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {
@@ -328,6 +330,115 @@ def test_token_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert client.get("/users/u1", headers={"X-API-Key": "from-env"}).status_code == 200
 
 
+# --- OAuth 2.0 client credentials ---------------------------------------------------------
+
+
+def get_token(client: FlaskClient, secret: str = "s3cret", **form: str):
+    return client.post("/oauth/token", data={"grant_type": "client_credentials", **form},
+                       auth=("nudge", secret))
+
+
+def test_token_endpoint_issues_short_lived_tokens_that_open_the_directory() -> None:
+    clock = FakeClock()
+    client = create_app(simulate=False, clock=clock,
+                        oauth=OAuthSettings("nudge", "s3cret", token_ttl=60)).test_client()
+    refused = client.get("/users/u1")
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"].lower().startswith("bearer")
+
+    issued = get_token(client)
+    assert issued.status_code == 200
+    assert issued.headers["Cache-Control"] == "no-store"
+    token = issued.get_json()
+    assert (token["token_type"], token["expires_in"]) == ("Bearer", 60)
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    answer = client.get("/users/u1", headers=bearer)
+    assert answer.status_code == 200 and answer.get_json()["name"] == "Ada Lovelace"
+    assert answer.headers["Cache-Control"] == "private, max-age=30"
+
+    clock.now += 61
+    expired = client.get("/users/u1", headers=bearer)
+    assert expired.status_code == 401 and expired.get_json()["error"] == "invalid_token"
+    assert client.get("/metrics").status_code == 200  # only the directory is protected
+
+
+def test_token_endpoint_refuses_wrong_clients_and_grants() -> None:
+    client = create_app(simulate=False, oauth=OAuthSettings("nudge", "s3cret")).test_client()
+    wrong = get_token(client, secret="guess")
+    assert wrong.status_code == 401 and wrong.get_json()["error"] == "invalid_client"
+    password = get_token(client, grant_type="password")
+    assert password.status_code == 400 and password.get_json()["error"] == "unsupported_grant_type"
+    in_form = client.post("/oauth/token", data={"grant_type": "client_credentials",
+                                                "client_id": "nudge", "client_secret": "s3cret",
+                                                "scope": "users:read admin"})
+    assert in_form.status_code == 200 and in_form.get_json()["scope"] == "users:read"
+
+
+def test_revoked_tokens_are_refused() -> None:
+    client = create_app(simulate=False, oauth=OAuthSettings("nudge", "s3cret")).test_client()
+    bearer = {"Authorization": f"Bearer {get_token(client).get_json()['access_token']}"}
+    assert client.get("/users/u1", headers=bearer).status_code == 200
+
+    assert client.post("/admin/oauth/revoke").get_json() == {"revoked": 1}
+    assert client.get("/users/u1", headers=bearer).status_code == 401
+    fresh = {"Authorization": f"Bearer {get_token(client).get_json()['access_token']}"}
+    assert client.get("/users/u1", headers=fresh).status_code == 200
+
+
+def test_a_rotated_secret_file_is_used_by_the_next_token_request(tmp_path: Path) -> None:
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("first\n")
+    client = create_app(simulate=False, oauth=OAuthSettings(
+        "nudge", client_secret_file=secret_file)).test_client()
+    assert get_token(client, secret="first").status_code == 200
+
+    secret_file.write_text("second\n")
+
+    assert get_token(client, secret="first").status_code == 401
+    assert get_token(client, secret="second").status_code == 200
+
+
+def test_oauth_can_be_configured_from_the_environment(monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("from-file\n")
+    monkeypatch.setenv("DEMO_API_CLIENT_ID", "nudge")
+    monkeypatch.setenv("DEMO_API_CLIENT_SECRET_FILE", str(tmp_path / "secret"))
+    monkeypatch.setenv("DEMO_API_TOKEN_TTL", "45")
+    client = create_app(simulate=False).test_client()
+
+    issued = get_token(client, secret="from-file")
+
+    assert issued.status_code == 200 and issued.get_json()["expires_in"] == 45
+    assert client.get("/users/u1").status_code == 401
+    assert "POST /oauth/token" in client.get("/").get_data(as_text=True)
+
+
+def test_nudge_reads_the_demo_directory_with_oauth_over_real_http(tmp_path: Path) -> None:
+    app = create_app(simulate=False, oauth=OAuthSettings("nudge", "s3cret", token_ttl=60))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    (tmp_path / "secret").write_text("s3cret\n")
+    oauth = ClientCredentials(base + "/oauth/token", "nudge",
+                              Secret(what="client secret", path=tmp_path / "secret"))
+    tokens = app.extensions["demo"].oauth.tokens
+    try:
+        with DirectoryClient(base + "/users/{user_id}", cache_ttl=0.0,
+                             credentials=DirectoryCredentials(oauth=oauth)) as directory:
+            first = directory.lookup("u2")
+            again = directory.lookup("u2")  # max-age=30 from the demo wins over cache_ttl 0
+            app.test_client().post("/admin/oauth/revoke")
+            after_revocation = directory.lookup("u5")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (first.source, first.email) == ("fresh", "grace@example.com")
+    assert first.record is not None and first.record["quota_used"] == 930
+    assert again.source == "cache"
+    assert (after_revocation.source, after_revocation.email) == ("fresh", "alan@example.com")
+    assert tokens.issued == 2  # one token, then one more after the revocation's 401
+
+
 # --- simulated traffic -----------------------------------------------------------------
 
 
@@ -419,7 +530,7 @@ def test_real_server_on_a_loopback_port() -> None:
 
 
 def test_python_m_demo_api_serves_and_exits_cleanly_on_sigterm() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DEMO_API_TOKEN": ""}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DEMO_API_TOKEN": "", "DEMO_API_CLIENT_ID": ""}
     process = subprocess.Popen(
         [sys.executable, "-m", "demo_api", "--port", "0", "--no-simulate"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
