@@ -194,6 +194,37 @@ def parse_notification(data: Any) -> Notification:
     )
 
 
+def parse_checked_notification(data: dict) -> Notification:
+    """A notification the webhook already checked (`check_notification`): the same result as
+    `parse_notification`, without checking every field again."""
+    return Notification(
+        receiver=data.get("receiver") or "",
+        status=data.get("status") or "",
+        group_key=data.get("groupKey") or "",
+        group_labels=data.get("groupLabels") or {},
+        external_url=data.get("externalURL") or "",
+        truncated_alerts=data.get("truncatedAlerts", 0),
+        alerts=tuple(
+            Alert(
+                status=alert["status"],
+                labels=alert["labels"],
+                annotations=alert.get("annotations") or {},
+                starts_at=_canonical_cached(alert["startsAt"]),
+                ends_at=None if not (ends_at := alert.get("endsAt")) or ends_at.startswith("0001-")
+                else _canonical_cached(ends_at),
+                generator_url=alert.get("generatorURL") or "",
+                fingerprint=alert.get("fingerprint") or "",
+            )
+            for alert in data["alerts"]
+        ),
+    )
+
+
+@lru_cache(maxsize=4096)
+def _canonical_cached(text: str) -> str:
+    return canonical_time(text)
+
+
 def _parse_alert(data: Any, index: int) -> Alert:
     where = f"alerts[{index}]"
     if not isinstance(data, dict):

@@ -18,7 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import metrics, policy
-from app.alerts import Alert, Notification, PayloadError, parse_json, parse_notification
+from app.alerts import (
+    Alert,
+    Notification,
+    PayloadError,
+    check_notification,
+    parse_checked_notification,
+    parse_json,
+)
 from app.policy import DUPLICATE, QUEUED, SKIPPED, AlertPolicy, Candidate, Skip, Verdict
 from app.store import (
     DecisionRecord,
@@ -64,6 +71,7 @@ class Decider:
         self.alert_policy = alert_policy
         self.max_notifications = max_notifications
         self.max_alerts = max_alerts
+        self._settings_memo: dict = {}
 
     def decide_batch(self, max_notifications: int | None = None) -> BatchReport | None:
         """Decide the oldest undecided notifications; None when there were none."""
@@ -198,7 +206,11 @@ class Decider:
 
     def _prepare(self, pending: PendingNotification) -> _Prepared:
         try:
-            notification = parse_notification(parse_json(pending.body.encode()))
+            data = parse_json(pending.body.encode())
+            # Checked by the webhook before its 200; checked again in full only if the
+            # rules changed since (an upgrade) and the quick path no longer accepts it.
+            check_notification(data, b"")
+            notification = parse_checked_notification(data)
         except PayloadError as exc:
             # The webhook checked it before its 200, so only a change of the rules since (an
             # upgrade) gets here: record why instead of retrying it forever.
@@ -206,7 +218,7 @@ class Decider:
             return _Prepared(pending, None, f"stored notification is not valid: {exc}")
         item = _Prepared(pending, notification)
         for alert in notification.alerts:
-            verdict = policy.decide(alert, self.alert_policy)
+            verdict = policy.decide(alert, self.alert_policy, self._settings_memo)
             alert_json = alert.to_json() if isinstance(verdict, Candidate) else ""
             item.verdicts.append((alert, verdict, alert_json))
         return item

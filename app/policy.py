@@ -113,15 +113,28 @@ def rule_settings(alert: Alert, policy: AlertPolicy) -> RuleSettings:
     return RuleSettings(template, cooldown, send_resolved)  # type: ignore[arg-type]
 
 
-def decide(alert: Alert, policy: AlertPolicy) -> Skip | Candidate:
+def decide(alert: Alert, policy: AlertPolicy, memo: dict | None = None) -> Skip | Candidate:
+    """`memo`: a dict kept by the caller for one policy, so a batch of alerts of one rule
+    works out the rule's settings once (they depend only on the values in the key below)."""
     rule = alert.labels.get("alertname", "")
     user_id = alert.labels.get(policy.user_label, "")
     if not user_id:
         return Skip(rule, "", NO_USER_LABEL, f"alert has no {policy.user_label!r} label")
-    try:
-        settings = rule_settings(alert, policy)
-    except ValueError as exc:
-        return Skip(rule, user_id, INVALID_SETTINGS, str(exc))
+    annotations = alert.annotations
+    key = (rule, alert.labels.get(policy.template_label), annotations.get(COOLDOWN_ANNOTATION),
+           annotations.get(SEND_RESOLVED_ANNOTATION))
+    settings = memo.get(key) if memo is not None else None
+    if settings is None:
+        try:
+            settings = rule_settings(alert, policy)
+        except ValueError as exc:
+            settings = ValueError(str(exc))
+        if memo is not None:
+            if len(memo) > 10_000:
+                memo.clear()
+            memo[key] = settings
+    if isinstance(settings, ValueError):
+        return Skip(rule, user_id, INVALID_SETTINGS, str(settings))
     if not settings.template:
         return Skip(
             rule,

@@ -417,6 +417,7 @@ class SQLiteStore(Store):
                  if i in claimed and i not in undecided_in_table and r is not None])
             batch = _SQLiteDecisionBatch(conn, claimed)
             yield batch
+            batch.flush()
             conn.executemany("UPDATE notifications SET decided_at = ? WHERE id = ?",
                              [(iso(), i) for i in sorted(claimed)])
             # Every record handed over moves its file's checkpoint, including ones another
@@ -715,44 +716,71 @@ class SQLiteStore(Store):
 
 
 class _SQLiteDecisionBatch(DecisionBatch):
+    """Inside BEGIN IMMEDIATE no other writer runs: facts read here stay true until the
+    commit, and new deliveries can take ids after the largest one, written in bulk."""
+
     def __init__(self, conn: sqlite3.Connection, claimed: set[int]):
         self.conn = conn
         self.claimed = claimed
+        self._next_id: int | None = None
+        self._deliveries: list[tuple] = []
+        self._cooldowns: dict[tuple[str, str], float] = {}
+        self._stamps: dict[float, str] = {}
+
+    def _stamp(self, now: float) -> str:
+        stamp = self._stamps.get(now)
+        if stamp is None:
+            stamp = self._stamps[now] = iso(now)
+        return stamp
 
     def facts(self, dedup_keys: Iterable[str], pairs: Iterable[tuple[str, str]]) -> Facts:
-        # Inside BEGIN IMMEDIATE no other writer runs, so these stay true until the commit.
         facts = Facts()
         for part in chunks(sorted(set(dedup_keys)), MAX_PARAMS):
             facts.deliveries.update(self.conn.execute(
                 f"SELECT dedup_key, id FROM deliveries WHERE dedup_key IN "
                 f"({','.join('?' * len(part))})", part))
-        for rule, user_id in set(pairs):
-            row = self.conn.execute(
-                "SELECT last_queued_at FROM cooldowns WHERE rule = ? AND user_id = ?",
-                (rule, user_id)).fetchone()
-            if row:
-                facts.last_queued[(rule, user_id)] = row[0]
+        for part in chunks(sorted(set(pairs)), MAX_PARAMS // 2):
+            rows = self.conn.execute(
+                f"SELECT rule, user_id, last_queued_at FROM cooldowns WHERE (rule, user_id) IN "
+                f"(VALUES {','.join(['(?, ?)'] * len(part))})",
+                [value for pair in part for value in pair])
+            for rule, user_id, last in rows:
+                facts.last_queued[(rule, user_id)] = last
         return facts
 
     def add_delivery(self, delivery: NewDelivery, now: float) -> int:
-        stamp = iso(now)
-        delivery_id = self.conn.execute(
-            "INSERT INTO deliveries (dedup_key, notification_id, rule, user_id, template, kind, "
-            "status, starts_at, alert, external_url, next_attempt_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-            (delivery.dedup_key, delivery.notification_id, delivery.rule, delivery.user_id,
-             delivery.template, delivery.kind, delivery.starts_at, delivery.alert_json,
-             delivery.external_url, now, stamp, stamp),
-        ).lastrowid
+        if self._next_id is None:
+            (self._next_id,) = self.conn.execute(
+                "SELECT COALESCE(MAX(id), 0) + 1 FROM deliveries").fetchone()
+        delivery_id = self._next_id
+        self._next_id += 1
+        stamp = self._stamp(now)
+        self._deliveries.append((
+            delivery_id, delivery.dedup_key, delivery.notification_id, delivery.rule,
+            delivery.user_id, delivery.template, delivery.kind, delivery.starts_at,
+            delivery.alert_json, delivery.external_url, now, stamp, stamp))
         if delivery.cooldown is not None:
-            self.conn.execute(
-                "INSERT INTO cooldowns (rule, user_id, last_queued_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at",
-                (delivery.rule, delivery.user_id, now))
+            self._cooldowns[(delivery.rule, delivery.user_id)] = now
         return delivery_id
 
+    def flush(self) -> None:
+        if self._deliveries:
+            self.conn.executemany(
+                "INSERT INTO deliveries (id, dedup_key, notification_id, rule, user_id, template, "
+                "kind, status, starts_at, alert, external_url, next_attempt_at, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                self._deliveries)
+            self._deliveries = []
+        if self._cooldowns:
+            self.conn.executemany(
+                "INSERT INTO cooldowns (rule, user_id, last_queued_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at",
+                [(rule, user, at) for (rule, user), at in self._cooldowns.items()])
+            self._cooldowns = {}
+
     def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None:
-        stamp = iso(now)
+        self.flush()  # decisions refer to the deliveries
+        stamp = self._stamp(now)
         self.conn.executemany(
             "INSERT INTO decisions (notification_id, created_at, rule, user_id, alert_status, "
             "starts_at, fingerprint, outcome, reason, detail, delivery_id) "
