@@ -14,6 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from app.checks import directory_checks
 from app.cli import main
 from app.config import ConfigError, load_config
 from app.directory import (
@@ -433,24 +434,11 @@ def test_inconsistent_directory_credentials_are_config_errors(directory, environ
 # --- nudge check -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def check(tmp_path: Path, config_data: dict, monkeypatch: pytest.MonkeyPatch):
-    """`nudge check` on the shipped rules and templates with these directory settings."""
-    for name in ("NUDGE_CONFIG", "NUDGE_DIRECTORY_URL", "NUDGE_DIRECTORY_TOKEN",
-                 "NUDGE_DIRECTORY_API_KEY", "NUDGE_DIRECTORY_TOKEN_FILE",
-                 "NUDGE_DIRECTORY_API_KEY_FILE", "NUDGE_DIRECTORY_TOKEN_URL",
-                 "NUDGE_DIRECTORY_CLIENT_ID", "NUDGE_DIRECTORY_CLIENT_SECRET",
-                 "NUDGE_DIRECTORY_CLIENT_SECRET_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "nudge.yml"
-
-    def run(directory: dict):
-        config = {**config_data, "directory": {"url": "http://127.0.0.1:9/users/{user_id}",
-                                               **directory}}
-        path.write_text(yaml.safe_dump(config))
-        return CliRunner().invoke(main, ["--config", str(path), "check"])
-
-    return run
+def checked(directory: dict, environ: dict | None = None) -> tuple[list[str], list[str]]:
+    """What `nudge check` says about these directory settings: (problems, notes)."""
+    config = load_config(environ={"NUDGE_WEBHOOK_TOKEN": "t", **(environ or {})}, data={
+        "directory": {"url": "http://127.0.0.1:9/users/{user_id}", **directory}})
+    return directory_checks(config, environ or {})
 
 
 def oauth_settings(token_url: str, secret_file: Path) -> dict:
@@ -458,60 +446,80 @@ def oauth_settings(token_url: str, secret_file: Path) -> dict:
                       "client_secret_file": str(secret_file)}}
 
 
-def test_check_reports_a_missing_client_secret_file(check, tmp_path: Path) -> None:
+def test_check_reports_a_missing_client_secret_file(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-secret"
 
-    result = check(oauth_settings("http://127.0.0.1:9/oauth/token", missing))
+    problems, _ = checked(oauth_settings("http://127.0.0.1:9/oauth/token", missing))
 
-    assert result.exit_code == 1
-    assert f"directory.oauth.client_secret_file: {missing}: file not found" in result.output
+    assert problems == [f"defaults: directory.oauth.client_secret_file: {missing}: file not found"]
 
 
-def test_check_reports_unreadable_and_empty_secret_files(check, tmp_path: Path) -> None:
+def test_check_reports_unreadable_and_empty_secret_files(tmp_path: Path) -> None:
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
     folder = tmp_path / "a-folder"
     folder.mkdir()
 
-    result = check({"token_file": str(empty), "api_key_file": str(folder)})
+    problems, _ = checked({"token_file": str(empty), "api_key_file": str(folder)})
 
-    assert result.exit_code == 1
-    assert f"directory.token_file: {empty}: the file is empty" in result.output
-    assert f"directory.api_key_file: {folder}: cannot read it" in result.output
-    assert "2 problem(s) found" in result.output
-
-
-def test_check_warns_about_an_unreachable_token_url_but_passes(
-    check, secret_file: Path
-) -> None:
-    with DirectoryServer() as gone:
-        token_url = gone.url + "/oauth/token"
-
-    result = check(oauth_settings(token_url, secret_file))
-
-    assert result.exit_code == 0, result.output
-    assert "warning: " in result.output
-    assert f"directory.oauth.token_url {token_url}: token endpoint unreachable" in result.output
-    assert "OK:" in result.output
+    assert problems == [
+        f"defaults: directory.token_file: {empty}: the file is empty",
+        f"defaults: directory.api_key_file: {folder}: cannot read it (Is a directory)",
+    ]
 
 
 def test_check_gets_a_token_from_a_working_endpoint(
-    check, server: DirectoryServer, issuer: TokenIssuer, secret_file: Path
+    server: DirectoryServer, issuer: TokenIssuer, secret_file: Path
 ) -> None:
-    result = check(oauth_settings(server.token_url, secret_file))
+    problems, notes = checked(oauth_settings(server.token_url, secret_file))
 
-    assert result.exit_code == 0, result.output
-    assert "note: the directory token endpoint issued a token to 'nudge'" in result.output
+    assert problems == []
+    assert notes == ["note: the directory token endpoint issued a token to 'nudge'"]
     assert len(issuer.requests) == 1
 
 
+def test_check_with_the_secret_from_the_environment(
+    server: DirectoryServer, issuer: TokenIssuer
+) -> None:
+    settings = {"oauth": {"token_url": server.token_url, "client_id": "nudge"}}
+
+    problems, notes = checked(settings, {"NUDGE_DIRECTORY_CLIENT_SECRET": SECRET})
+
+    assert (problems, len(notes)) == ([], 1)
+
+
 def test_check_fails_when_the_token_endpoint_refuses_the_client(
-    check, server: DirectoryServer, issuer: TokenIssuer, secret_file: Path
+    server: DirectoryServer, issuer: TokenIssuer, secret_file: Path
 ) -> None:
     issuer.client_secret = "something-else"
 
-    result = check(oauth_settings(server.token_url, secret_file))
+    problems, _ = checked(oauth_settings(server.token_url, secret_file))
 
-    assert result.exit_code == 1
-    assert "token endpoint refused the request: invalid_client" in result.output
-    assert SECRET not in result.output
+    (problem,) = problems
+    assert "token endpoint refused the request: invalid_client" in problem
+    assert SECRET not in problem
+
+
+def test_nudge_check_warns_about_an_unreachable_token_url_but_passes(
+    tmp_path: Path, secret_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("NUDGE_")]:
+        monkeypatch.delenv(name)
+    with DirectoryServer() as gone:
+        token_url = gone.url + "/oauth/token"
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "templates").mkdir()
+    path = tmp_path / "nudge.yml"
+    path.write_text(yaml.safe_dump({
+        "rules_dir": str(tmp_path / "rules"), "templates_dir": str(tmp_path / "templates"),
+        "webhook": {"token": "t"},
+        "directory": {"url": "http://127.0.0.1:9/users/{user_id}",
+                      **oauth_settings(token_url, secret_file)},
+    }))
+
+    result = CliRunner().invoke(main, ["--config", str(path), "check"])
+
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {path}: directory.oauth.token_url {token_url}: token endpoint "
+            f"unreachable") in result.output
+    assert "OK:" in result.output
