@@ -12,6 +12,7 @@ from app.config import Config, load_config, require_webhook_auth
 from app.journal import Journal
 from app.policy import AlertPolicy
 from app.store import store_for
+from app.template_set import TemplateSet
 
 log = logging.getLogger("nudge")
 
@@ -40,6 +41,8 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
     app.extensions["nudge_store"] = store
     app.extensions["nudge_journal"] = Journal(store)
     app.extensions["nudge_policy"] = AlertPolicy.from_config(config)
+    # Only for /-/ready's report on the template and rule files: loaded on first use.
+    app.extensions["nudge_templates"] = TemplateSet(config, load=False)
 
     from app import observability, unsubscribe, webhook
 

@@ -1,15 +1,17 @@
 """`nudge check`: config, templates and rule files, cross-checked before a deploy.
 
-Every problem is one line `FILE:LINE: what is wrong`. Rules come from `rules_dir` (files
-ending .yml/.yaml, not under a `tests` folder); promtool checks them too when it is installed.
+Every problem is one line `FILE:LINE: what is wrong` (promtool's expected-versus-got listing
+of a failing unit test is indented under its line). Rules come from `rules_dir` (files
+ending .yml/.yaml, not under a `tests` folder); their promtool unit tests from
+`rules_dir/tests/`. Each template is rendered with the sample alert of every rule that uses
+it (app/samples.py), as delivery would render it. Warnings point at what works, but
+probably not as meant (a misspelt setting name is ignored, not an error).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,72 +23,23 @@ from app.config import Config
 from app.directory import CredentialError, credentials_from_config, read_secret_file
 from app.durations import parse_cooldown
 from app.policy import COOLDOWN_ANNOTATION, SEND_RESOLVED_ANNOTATION
-from app.rendering import compile_all, has_resolved_variant, list_templates
+from app.rendering import build_environment, has_resolved_variant, list_templates
+from app.rule_checks import (
+    promtool_check_rules,
+    promtool_path,
+    promtool_unit_tests,
+    rule_warnings,
+)
+from app.rules import RuleEntry, RuleSet, load_rule_set, unit_test_files
+from app.template_set import check_templates
 
 
 @dataclass(frozen=True)
-class RuleEntry:
-    file: Path
-    line: int
-    alert: str
-    expr: str
-    labels: dict
-    annotations: dict
-
-
-def rule_files(rules_dir: Path) -> list[Path]:
-    return sorted(
-        path
-        for pattern in ("*.yml", "*.yaml")
-        for path in rules_dir.rglob(pattern)
-        if "tests" not in path.relative_to(rules_dir).parts[:-1]
-    )
-
-
-def load_rules(path: Path) -> tuple[list[RuleEntry], list[str]]:
-    """Alerting rules in a Prometheus rule file, with the line of each `alert:`."""
-    try:
-        root = yaml.compose(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        return [], [f"{path}:{mark.line + 1 if mark else 1}: not valid YAML: {exc}"]
-    entries: list[RuleEntry] = []
-    if root is None:
-        return [], []
-    groups = _child(root, "groups")
-    if groups is None or not isinstance(groups, yaml.SequenceNode):
-        return [], [f"{path}:1: expected a `groups:` list (Prometheus rule file format)"]
-    for group in groups.value:
-        rules = _child(group, "rules")
-        if not isinstance(rules, yaml.SequenceNode):
-            continue
-        for rule in rules.value:
-            alert = _child(rule, "alert")
-            if alert is None:
-                continue  # a recording rule
-            data = yaml.safe_load(yaml.serialize(rule)) or {}
-            entries.append(
-                RuleEntry(
-                    file=path,
-                    line=alert.start_mark.line + 1,
-                    alert=str(data.get("alert", "")),
-                    expr=str(data.get("expr", "")),
-                    labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
-                    annotations={
-                        str(k): str(v) for k, v in (data.get("annotations") or {}).items()
-                    },
-                )
-            )
-    return entries, []
-
-
-def _child(node, key: str):
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key_node, value_node in node.value:
-        if getattr(key_node, "value", None) == key:
-            return value_node
-    return None
+class CheckReport:
+    problems: list[str]  # each makes the check fail
+    warnings: list[str]  # printed, but the check passes
+    notes: list[str]
+    summary: str
 
 
 def check_rule(rule: RuleEntry, config: Config, templates: set[str]) -> list[str]:
@@ -131,19 +84,6 @@ def check_rule(rule: RuleEntry, config: Config, templates: set[str]) -> list[str
     return problems
 
 
-def promtool_problems(files: list[Path]) -> list[str]:
-    promtool = shutil.which("promtool")
-    if not promtool or not files:
-        return []
-    result = subprocess.run(
-        [promtool, "check", "rules", *map(str, files)], capture_output=True, text=True
-    )
-    if result.returncode == 0:
-        return []
-    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-    return [f"promtool: {line.strip()}" for line in lines if "SUCCESS" not in line]
-
-
 # How long `nudge check` waits for the directory's token endpoint.
 TOKEN_CHECK_TIMEOUT = 5.0
 
@@ -185,35 +125,31 @@ def directory_checks(config: Config, environ: Mapping[str, str]) -> tuple[list[s
     return problems, [f"note: the directory token endpoint issued a token to {oauth.client_id!r}"]
 
 
-def run_checks(config: Config, environ: Mapping[str, str] | None = None) -> tuple[list[str], str]:
-    """(problems, summary): problems is empty when everything is deployable."""
+def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
+               promtool: bool = True) -> CheckReport:
+    """Everything `nudge check` reports; `problems` is empty when everything is deployable."""
     problems: list[str] = []
     notes: list[str] = []
     directory_problems, directory_notes = directory_checks(
         config, os.environ if environ is None else environ)
     problems.extend(directory_problems)
     notes.extend(directory_notes)
+    warnings: list[str] = []
     if not config.templates_dir.is_dir():
         problems.append(f"{config.templates_dir}: templates folder not found")
         templates: set[str] = set()
     else:
         templates = set(list_templates(config.templates_dir))
-        problems.extend(f"{config.templates_dir}/{error}" for error in compile_all(config.templates_dir))
 
-    rules: list[RuleEntry] = []
-    files: list[Path] = []
-    if not config.rules_dir.is_dir():
-        problems.append(f"{config.rules_dir}: rules folder not found")
-    else:
-        files = rule_files(config.rules_dir)
-        for path in files:
-            entries, file_problems = load_rules(path)
-            rules.extend(entries)
-            problems.extend(file_problems)
-        problems.extend(promtool_problems(files))
-
+    rule_set = load_rule_set(config.rules_dir)
+    problems.extend(rule_set.problems)
+    if templates:
+        env = build_environment(config.templates_dir)
+        problems.extend(check_templates(config, env, rule_set))
+    rules = rule_set.rules
     for rule in rules:
         problems.extend(check_rule(rule, config, templates))
+        warnings.extend(rule_warnings(rule, config))
     for alertname, override in config.rule_overrides.items():
         if override.template and override.template not in templates:
             problems.append(
@@ -221,18 +157,43 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None) -> tupl
                 f"email template {override.template!r} not found in {config.templates_dir}/"
             )
 
-    used = {r.labels.get(config.template_label) for r in rules}
-    used |= {o.template for o in config.rule_overrides.values()}
-    unused = sorted(templates - used)
-    for name in unused:
-        notes.append(f"note: template {name!r} is not used by any rule")
+    if not promtool:
+        promtool_note = "promtool skipped (--no-promtool)"
+    elif (binary := promtool_path()) is None:
+        promtool_note = "promtool not found"
+        warnings.append("warning: promtool not found: the rules' syntax and unit tests were not "
+                        "checked (install the `prometheus` package, or pass --no-promtool)")
+    else:
+        # A file that is not even YAML is reported once, above, not again by promtool.
+        readable = [path for path in rule_set.files if path not in rule_set.broken_files]
+        problems.extend(promtool_check_rules(binary, readable))
+        tests = [path for path in unit_test_files(config.rules_dir)
+                 if not _tests_broken_file(path, rule_set)]
+        test_problems, test_warnings = promtool_unit_tests(binary, tests)
+        problems.extend(test_problems)
+        warnings.extend(test_warnings)
+        promtool_note = (f"promtool: {len(readable)} rule files checked, {len(tests)} unit test "
+                         f"files run")
+
+    if not rule_set.broken_files:  # otherwise a template may be used by the unreadable file
+        used = {r.labels.get(config.template_label) for r in rules}
+        used |= {o.template for o in config.rule_overrides.values()}
+        for name in sorted(templates - used):
+            notes.append(f"note: template {name!r} is not used by any rule")
     behavioral = [r for r in rules if r.labels.get(config.template_label)]
-    checked_promtool = " (and promtool)" if shutil.which("promtool") and files else ""
-    summary = "\n".join(
-        notes
-        + [
-            f"OK: {config.source}, {len(templates)} templates, {len(files)} rule files, "
-            f"{len(behavioral)} behavioral rules{checked_promtool}"
-        ]
-    )
-    return problems, summary
+    summary = (f"OK: {config.source}, {len(templates)} templates, {len(rule_set.files)} rule "
+               f"files, {len(behavioral)} behavioral rules; {promtool_note}")
+    return CheckReport(problems, warnings, notes, summary)
+
+
+def _tests_broken_file(test_file: Path, rule_set: RuleSet) -> bool:
+    """Whether a promtool test file tests a rule file that is not valid YAML (its failure
+    would only repeat that problem)."""
+    if not rule_set.broken_files:
+        return False
+    try:
+        listed = (yaml.safe_load(test_file.read_text()) or {}).get("rule_files") or []
+    except (yaml.YAMLError, OSError, AttributeError):
+        return False
+    return any((test_file.parent / name).resolve() in
+               {path.resolve() for path in rule_set.broken_files} for name in listed)

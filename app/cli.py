@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -120,6 +121,9 @@ def worker(ctx: Context, parent_pid: int | None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    templates = delivery_worker.deliverer.templates
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: templates.request_reload())
+    templates.start_watching()  # also picks up edited files, without a signal
     if parent_pid:
         watch_parent(delivery_worker, parent_pid)
     delivery_worker.run()
@@ -284,51 +288,160 @@ def _read_json(path: str | None, what: str):
         raise click.ClickException(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
 
 
-def _preview_context(config: Config, template: str, alert_file, labels, user_json, resolved):
-    from app.rendering import sample_context
+class _Preview:
+    """What `preview` and `send-test` render: a sample alert from the template's rule (or
+    --alert), a user record (sample, --user-json, or --user looked up as delivery would),
+    and notes about what was filled in for them."""
 
-    alert = _read_json(alert_file, "alert file")
-    if isinstance(alert, dict) and "alerts" in alert:  # a whole webhook payload: take the first
-        alert = (alert.get("alerts") or [None])[0]
-    if alert is not None and not isinstance(alert, dict):
-        raise click.ClickException(f"{alert_file}: expected an alert object or a webhook payload")
-    merged_labels = dict((alert or {}).get("labels", {}))
-    merged_labels.update(labels)
-    user = _read_json(user_json, "user JSON")
-    if user is not None and not isinstance(user, dict):
-        raise click.ClickException(f"{user_json}: expected a JSON object (the user record)")
-    context = sample_context(template, labels=merged_labels or None, user=user, resolved=resolved)
-    if alert:
-        context["annotations"] = {**context["annotations"], **alert.get("annotations", {})}
-    # A sample (unsigned) token, but on this deployment's public URL, as the real link would be.
-    token = context["unsubscribe_url"].rsplit("/", 1)[-1]
-    context["unsubscribe_url"] = f"{config.public_url.rstrip('/')}/unsubscribe/{token}"
-    return context
+    def __init__(self, config: Config, template: str, *, alert_file=None, labels=None,
+                 user_id=None, user_json=None, resolved=False):
+        from app.rules import load_rule_set
+        from app.samples import SAMPLE_EXTERNAL_URL, samples_for
+
+        self.config, self.template, self.resolved = config, template, resolved
+        self.notes: list[str] = []
+        samples, _ = samples_for(template, config.templates_dir, load_rule_set(config.rules_dir),
+                                 user_label=config.user_label,
+                                 template_label=config.template_label,
+                                 rule_overrides=config.rule_overrides, resolved=resolved)
+        sample = samples[0]
+        if len(samples) > 1:
+            self.notes.append(f"{len(samples)} rules use {template}: showing {sample.origin}")
+        self.external_url = SAMPLE_EXTERNAL_URL
+        alert = sample.alert
+        if alert_file:
+            alert = self._alert_from_file(alert_file, sample.alert)
+        else:
+            self.notes.extend(sample.notes)
+        alert = {**alert, "labels": {**alert["labels"], **(labels or {})}}
+        lookup = bool(user_id) or (alert_file and config.user_label in alert["labels"])
+        if user_id:
+            alert["labels"][config.user_label] = user_id
+        user_id = alert["labels"].get(config.user_label) or sample.user_id
+        self.sample = replace(sample, alert=alert, user_id=user_id)
+        self.user, self.recipient = self._user(user_json, lookup)
+
+    def _alert_from_file(self, path: str, sample_alert: dict) -> dict:
+        from app.alerts import PayloadError, parse_notification
+
+        data = _read_json(path, "alert file")
+        if isinstance(data, dict) and "alerts" in data:  # a whole webhook payload: the first
+            payload = data
+        elif isinstance(data, dict):  # one alert: what it leaves out comes from the sample
+            payload = {"version": "4", "alerts": [{
+                **sample_alert, **data,
+                "labels": {**sample_alert["labels"], **(data.get("labels") or {})},
+                "annotations": {**sample_alert["annotations"], **(data.get("annotations") or {})},
+            }]}
+        else:
+            raise click.ClickException(f"{path}: expected an alert object or a webhook payload")
+        try:
+            notification = parse_notification(payload)
+        except PayloadError as exc:
+            raise click.ClickException(f"{path}: {exc}") from None
+        if not notification.alerts:
+            raise click.ClickException(f"{path}: the payload has no alerts")
+        self.external_url = notification.external_url or self.external_url
+        return json.loads(notification.alerts[0].to_json())
+
+    def _user(self, user_json, lookup: bool) -> tuple[dict, str | None]:
+        from app.samples import email_of
+
+        if user_json is not None:
+            user = _read_json(user_json, "user JSON")
+            if not isinstance(user, dict):
+                raise click.ClickException(f"{user_json}: expected a JSON object (the user record)")
+            return user, email_of(user)
+        if not lookup:
+            return self.sample.user, None
+        return self._looked_up_user()
+
+    def _looked_up_user(self) -> tuple[dict, str | None]:
+        """The user's record and address as delivery would find them (recipients.order)."""
+        from app.directory import StaticDirectory, directory_from_config
+        from app.recipients import choose_recipient
+
+        config, user_id = self.config, self.sample.user_id
+        static = directory = None
+        try:
+            if config.static_map:
+                static = StaticDirectory(config.static_map).lookup(user_id)
+            if config.directory_url:
+                client = directory_from_config(config, os.environ)
+                try:
+                    directory = client.lookup(user_id)
+                finally:
+                    client.close()
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        labels = self.sample.alert["labels"]
+        choice = choose_recipient(config.recipient_order, labels.get(config.email_label),
+                                  static, directory)
+        if not (config.static_map or config.directory_url):
+            self.notes.append(f"user {user_id}: no directory configured (directory.url or "
+                              f"NUDGE_DIRECTORY_URL) and no recipients.static_map: showing the "
+                              f"sample user record")
+            return self.sample.user, choice.address
+        if directory is not None and directory.source == "stale":
+            self.notes.append(f"user {user_id}: the directory failed ({directory.error}): "
+                              f"showing the cached record")
+        if not choice.user:
+            why = choice.reason.removeprefix("no address: ") if not choice.address else (
+                directory.error if directory and directory.error else "no record")
+            self.notes.append(f"user {user_id}: {why}: showing the sample user record")
+            return self.sample.user, choice.address
+        if not choice.address:
+            self.notes.append(f"user {user_id}: {choice.reason}: the email would not be sent")
+        return choice.user, choice.address
+
+    def context(self, recipient: str | None = None) -> dict:
+        from app.samples import sample_context
+
+        context = sample_context(self.sample, public_url=self.config.public_url, user=self.user,
+                                 recipient=recipient or self.recipient)
+        context["external_url"] = self.external_url
+        return context
+
+    def compose(self, context: dict, message_id: str):
+        from app.compose import compose
+        from app.rendering import build_environment
+
+        return compose(build_environment(self.config.templates_dir), self.template, context,
+                       resolved=self.resolved, sender=self.config.smtp_from,
+                       message_id=message_id, list_unsubscribe_url=context["unsubscribe_url"],
+                       reply_to=self.config.smtp_reply_to)
 
 
 @main.command()
 @click.argument("template")
+@click.option("--user", "user_id", help="Render for this user: their record from the directory "
+              "(or static map), as delivery would find it.")
 @click.option("--alert", "alert_file", type=click.Path(dir_okay=False),
-              help="An alert (or a whole webhook payload) as JSON to take labels from.")
+              help="An alert (or a whole webhook payload) as JSON: its labels, annotations and "
+              "times replace the sample's.")
 @click.option("--label", "labels", multiple=True, help="NAME=VALUE label (repeatable).")
 @click.option("--user-json", type=click.Path(dir_okay=False), help="User record as JSON.")
 @click.option("--resolved", is_flag=True, help="Render the resolved variant.")
 @click.option("--format", "fmt", type=click.Choice(["text", "html", "eml"]), default="text",
               show_default=True)
 @pass_context
-def preview(ctx: Context, template, alert_file, labels, user_json, resolved, fmt) -> None:
-    """Render TEMPLATE with a sample context, without sending anything."""
-    from app.messages import build_message
-    from app.rendering import TemplateError, build_environment, render_email
+def preview(ctx: Context, template, user_id, alert_file, labels, user_json, resolved,
+            fmt) -> None:
+    """Render TEMPLATE for its rule's sample alert, without sending anything."""
+    from app.rendering import TemplateError
 
-    config = ctx.config
-    context = _preview_context(config, template, alert_file, _parse_labels(labels), user_json,
-                               resolved)
+    preview = _Preview(ctx.config, template, alert_file=alert_file, labels=_parse_labels(labels),
+                       user_id=user_id, user_json=user_json, resolved=resolved)
+    for note in preview.notes:
+        click.echo(f"note: {note}", err=True)
+    context = preview.context()
     try:
-        rendered = render_email(build_environment(config.templates_dir), template, context,
-                                resolved=resolved)
+        composed = preview.compose(context, "<preview@nudge.localhost>")
     except TemplateError as exc:
         raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.ClickException(f"cannot build message: {exc}") from None
+    rendered = composed.rendered
     if fmt == "text":
         click.echo(f"Subject: {rendered.subject}\n")
         click.echo(rendered.text)
@@ -337,44 +450,33 @@ def preview(ctx: Context, template, alert_file, labels, user_json, resolved, fmt
             raise click.ClickException(f"template {template} has no body.html")
         click.echo(rendered.html)
     else:
-        try:
-            message = build_message(
-                sender=config.smtp_from, recipient=context["recipient"], subject=rendered.subject,
-                text=rendered.text, html=rendered.html, message_id="<preview@nudge.localhost>",
-                unsubscribe_url=context["unsubscribe_url"],
-            )
-        except ValueError as exc:
-            raise click.ClickException(f"cannot build message: {exc}") from None
-        click.echo(message.as_string())
+        click.echo(composed.message.as_string())
 
 
 @main.command("send-test")
 @click.argument("template")
 @click.option("--to", "recipient", required=True, help="Address to send the test email to.")
+@click.option("--user", "user_id", help="Render for this user (their directory record).")
 @click.option("--label", "labels", multiple=True, help="NAME=VALUE label (repeatable).")
 @click.option("--user-json", type=click.Path(dir_okay=False), help="User record as JSON.")
 @click.option("--resolved", is_flag=True, help="Send the resolved variant.")
 @pass_context
-def send_test(ctx: Context, template, recipient, labels, user_json, resolved) -> None:
+def send_test(ctx: Context, template, recipient, user_id, labels, user_json, resolved) -> None:
     """Send one real TEMPLATE email to --to through the configured transport."""
     import uuid
 
-    from app.messages import build_message
-    from app.rendering import TemplateError, build_environment, render_email
+    from app.redact import redact_url
+    from app.rendering import TemplateError
     from app.transports import TransportError, transport_factory
 
     config = ctx.config
-    context = _preview_context(config, template, None, _parse_labels(labels), user_json, resolved)
-    context["recipient"] = recipient
+    preview = _Preview(config, template, labels=_parse_labels(labels), user_id=user_id,
+                       user_json=user_json, resolved=resolved)
+    for note in preview.notes:
+        click.echo(f"note: {note}", err=True)
     try:
-        rendered = render_email(build_environment(config.templates_dir), template, context,
-                                resolved=resolved)
-        message = build_message(
-            sender=config.smtp_from, recipient=recipient, subject=rendered.subject,
-            text=rendered.text, html=rendered.html,
-            message_id=f"<nudge-test-{uuid.uuid4().hex}@nudge.localhost>",
-            unsubscribe_url=context["unsubscribe_url"], reply_to=config.smtp_reply_to,
-        )
+        message = preview.compose(preview.context(recipient=recipient),
+                                  f"<nudge-test-{uuid.uuid4().hex}@nudge.localhost>").message
         transport = transport_factory(config.smtp_url, config.outbox_dir)()
         try:
             transport.send(message)
@@ -384,26 +486,28 @@ def send_test(ctx: Context, template, recipient, labels, user_json, resolved) ->
         raise click.ClickException(str(exc)) from None
     except (TransportError, ValueError) as exc:
         raise click.ClickException(f"not sent: {exc}") from None
-    from app.redact import redact_url
-
     where = f"SMTP {redact_url(config.smtp_url)}" if config.smtp_url else str(config.outbox_dir)
     click.echo(f"sent {template} to {recipient} via {where}")
 
 
 @main.command()
+@click.option("--no-promtool", "no_promtool", is_flag=True,
+              help="Skip promtool (rule syntax and the rules' unit tests).")
 @pass_context
-def check(ctx: Context) -> None:
-    """Check nudge.yml, every template and every rule file before deploying a change."""
+def check(ctx: Context, no_promtool: bool) -> None:
+    """Check nudge.yml, every template and every rule (and its unit tests) before a deploy."""
     from app.checks import run_checks
 
-    problems, summary = run_checks(ctx.config)
-    for problem in problems:
-        click.echo(problem, err=True)
-    if problems:
-        click.echo(f"{len(problems)} problem(s) found", err=True)
+    report = run_checks(ctx.config, promtool=not no_promtool)
+    for line in report.problems + report.warnings:
+        click.echo(line, err=True)
+    for note in report.notes:
+        click.echo(note)
+    warned = f", {len(report.warnings)} warning(s)" if report.warnings else ""
+    if report.problems:
+        click.echo(f"{len(report.problems)} problem(s) found{warned}", err=True)
         sys.exit(1)
-    click.echo(summary)
-
+    click.echo(report.summary + (f" ({len(report.warnings)} warning(s))" if warned else ""))
 
 if __name__ == "__main__":
     logging.basicConfig(level=os.environ.get("NUDGE_LOG_LEVEL", "INFO"))

@@ -19,14 +19,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import metrics
-from app.alerts import parse_time
+from app.compose import alert_context, compose
 from app.config import Config
 from app.directory import StaticDirectory, directory_from_config
-from app.messages import build_message, message_id_for
+from app.messages import message_id_for
 from app.recipients import choose_recipient
-from app.rendering import TemplateError, build_environment, render_email
+from app.rendering import TemplateError
 from app.store import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, StorageError, Store
 from app.suppressions import ALL, is_suppressed, unsubscribe_url
+from app.template_set import TemplateSet
 from app.transports import RateLimiter, Transport, TransportError
 
 log = logging.getLogger("nudge.delivery")
@@ -65,26 +66,11 @@ def template_context(
     unsubscribe: str,
     now: datetime,
 ) -> dict[str, Any]:
-    alert = delivery.alert
-    ends_at = alert.get("endsAt")
-    return {
-        "labels": dict(alert.get("labels", {})),
-        "annotations": dict(alert.get("annotations", {})),
-        "alert": {
-            "status": delivery.kind,
-            "starts_at": parse_time(alert["startsAt"]),
-            "ends_at": parse_time(ends_at) if ends_at else None,
-            "generator_url": alert.get("generatorURL", ""),
-            "fingerprint": alert.get("fingerprint", ""),
-        },
-        "rule": delivery.rule,
-        "user_id": delivery.user_id,
-        "user": user,
-        "recipient": recipient,
-        "unsubscribe_url": unsubscribe,
-        "external_url": delivery.external_url,
-        "now": now,
-    }
+    return alert_context(
+        delivery.alert, kind=delivery.kind, rule=delivery.rule, user_id=delivery.user_id,
+        user=user, recipient=recipient, unsubscribe_url=unsubscribe,
+        external_url=delivery.external_url, now=now,
+    )
 
 
 class Deliverer:
@@ -94,7 +80,8 @@ class Deliverer:
         self.config = config
         self.store = store
         self.secret_key = config.resolved_secret_key()
-        self.templates = build_environment(config.templates_dir)
+        # Reloaded when the files change (the worker starts its watcher) or on SIGHUP.
+        self.templates = TemplateSet(config, report=True)
         self.retry_policy = RetryPolicy.from_config(config)
         # One rate for the whole fleet when the store can share it (PostgreSQL), else for
         # this process's senders.
@@ -105,6 +92,7 @@ class Deliverer:
         self.message_domain = urlsplit(config.public_url).hostname or "nudge.localhost"
 
     def close(self) -> None:
+        self.templates.close()
         if self.directory:
             self.directory.close()
 
@@ -144,19 +132,14 @@ class Deliverer:
             now=datetime.now(UTC),
         )
         try:
-            rendered = render_email(
-                self.templates, delivery.template, context, resolved=delivery.kind == "resolved"
-            )
-            message = build_message(
+            message = compose(
+                self.templates.env, delivery.template, context,
+                resolved=delivery.kind == "resolved",
                 sender=self.config.smtp_from,
-                recipient=choice.address,
-                subject=rendered.subject,
-                text=rendered.text,
-                html=rendered.html,
                 message_id=message_id_for(delivery.id, self.message_domain),
-                unsubscribe_url=header_link,
+                list_unsubscribe_url=header_link,
                 reply_to=self.config.smtp_reply_to,
-            )
+            ).message
         except TemplateError as exc:
             return self._fail(delivery, "render_error", f"template error: {exc}", where,
                               choice.address)

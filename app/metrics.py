@@ -7,7 +7,7 @@ PROMETHEUS_MULTIPROC_DIR is set before this module is imported (`nudge serve` do
 
 import os
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # In multiprocess mode prometheus-client creates its files when a metric without labels is
 # defined, at import: a folder named in the environment but not made yet must not crash it.
@@ -72,5 +72,17 @@ DIRECTORY_REQUEST_DURATION = Histogram(
 DIRECTORY_CACHE = Counter(
     "nudge_directory_cache_lookups",
     "User directory cache lookups: hit (fresh), miss, stale (expired record used as fallback)",
+    ["result"],
+)
+# Set by the delivery worker only; the receivers' copies stay 0, hence the max over processes.
+TEMPLATES_RELOAD_OK = Gauge(
+    "nudge_templates_last_reload_successful",
+    "1 when the templates and rules on disk passed the checks at the last (re)load; 0 when "
+    "they did not and emails keep using the last version that passed",
+    multiprocess_mode="livemax",
+)
+TEMPLATE_RELOADS = Counter(
+    "nudge_template_reloads",
+    "Loads of the templates and rules after a change or SIGHUP, by result (success, failure)",
     ["result"],
 )

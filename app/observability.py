@@ -81,4 +81,9 @@ def ready() -> Response:
     except StorageError as exc:
         current_app.logger.warning("not ready: %s", exc)
         return Response(f"Service Unavailable: {exc}\n", 503, mimetype="text/plain")
-    return Response("Nudge is Ready.\n", mimetype="text/plain")
+    # Broken template or rule files do not make Nudge unready (the last good version is in
+    # use), but this is where an operator looks: say what is wrong with them.
+    templates = current_app.extensions["nudge_templates"]
+    templates.refresh(min_interval=1.0)
+    details = "".join(f"{line}\n" for line in templates.status_lines())
+    return Response("Nudge is Ready.\n" + details, mimetype="text/plain")

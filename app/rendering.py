@@ -24,6 +24,8 @@ RESOLVED_PREFIX = "resolved_"
 TEMPLATE_FILES = frozenset(
     prefix + f for prefix in ("", RESOLVED_PREFIX) for f in (SUBJECT, TEXT_BODY, HTML_BODY)
 )
+# Sample data for checks and previews (app/samples.py), not a template.
+SAMPLE_FILE = "sample.yml"
 # Files with these endings are compiled by compile_all; anything else is not a template.
 TEMPLATE_SUFFIXES = (".txt", ".html", ".jinja", ".j2")
 
@@ -183,14 +185,36 @@ FILTERS = {
 # --- environment and rendering --------------------------------------------------------------
 
 
-def build_environment(templates_dir: str | Path) -> jinja2.Environment:
-    """Jinja2 environment for the email templates in `templates_dir`.
+class SnapshotLoader(jinja2.BaseLoader):
+    """Every template file of a folder, read once: an environment built on it renders the
+    files as they were when it was built, whatever happens to them afterwards (a reload
+    swaps in a new environment only once the new files have passed the checks)."""
 
-    Templates are compiled once and never reloaded (restart to pick up edits).
-    """
-    root = str(Path(templates_dir).resolve())
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.searchpath = [str(self.root)]  # so errors name files relative to the root
+        self.sources = {
+            name: (self.root / name).read_text(encoding="utf-8", errors="replace")
+            for name in _template_files(self.root)
+        } if self.root.is_dir() else {}
+
+    def get_source(self, environment, template):
+        source = self.sources.get(template)
+        if source is None:
+            raise jinja2.TemplateNotFound(template)
+        return source, str(self.root / template), lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self.sources)
+
+
+def build_environment(templates_dir: str | Path) -> jinja2.Environment:
+    """Jinja2 environment for the email templates in `templates_dir`, as they are now.
+
+    The files are read once (SnapshotLoader) and each template is compiled once, on first
+    use; later edits need a new environment (app/template_set.py reloads)."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(root),
+        loader=SnapshotLoader(templates_dir),
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(
             enabled_extensions=("html",), default_for_string=False, default=False
@@ -338,139 +362,7 @@ def render_email(
     return RenderedEmail(subject=subject, text=text, html=html)
 
 
-# --- sample context and checks ---------------------------------------------------------------
-
-RULE_FOR_TEMPLATE = {
-    "onboarding_first_call": "NoFirstApiCall",
-    "first_call_success": "FirstSuccessfulCall",
-    "quota_warning": "QuotaNearlyExhausted",
-    "error_rate_spike": "IntegrationErrorRateHigh",
-    "deprecated_endpoint": "DeprecatedEndpointInUse",
-    "payment_failed": "PaymentFailed",
-    "usage_drop": "UsageDropped",
-}
-
-# Mirrors the annotations of the shipped rules in alert_rules/ (Prometheus renders $value as
-# a plain float, e.g. "0.9341").
-_SAMPLE_ANNOTATIONS: dict[str, dict[str, str]] = {
-    "onboarding_first_call": {
-        "summary": "User u_1842 signed up 2.0 days ago and has not called the API yet",
-        "days_since_signup": "2.0",
-    },
-    "first_call_success": {
-        "summary": "User u_1842 made their first successful API call",
-        "successful_calls": "1",
-    },
-    "quota_warning": {
-        "summary": "User u_1842 (starter plan) has used 93.41% of the monthly quota",
-        "quota_used_ratio": "0.9341",
-        "quota_used_percent": "93.41%",
-    },
-    "error_rate_spike": {
-        "summary": "31.25% of API calls by user u_1842 failed in the last 15 minutes",
-        "error_ratio": "0.3125",
-        "error_percent": "31.25%",
-        "endpoint": "/v1/send",
-    },
-    "deprecated_endpoint": {
-        "summary": "User u_1842 is still calling deprecated API endpoints",
-        "endpoint": "/v1/send",
-        "deprecated_calls_last_hour": "37",
-    },
-    "payment_failed": {
-        "summary": "The latest payment of user u_1842 (starter plan) failed",
-    },
-    "usage_drop": {
-        "summary": "User u_1842 made 12.4% of last week's API requests in the last 24h",
-        "usage_vs_last_week": "12.4%",
-        "usage_ratio": "0.124",
-    },
-}
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _sample_user(template: str, user_id: str, now: datetime) -> dict[str, Any]:
-    user: dict[str, Any] = {
-        "user_id": user_id,
-        "email": "jane.doe@example.com",
-        "name": "Jane Doe",
-        "plan": "starter",
-        "signup_at": _iso(now - timedelta(days=45)),
-        "quota_limit": 100000,
-        "quota_used": 93412,
-        "requests_30d": 182345,
-        "errors_24h": 1287,
-        "deprecated_calls_7d": 4210,
-        "last_call_at": _iso(now - timedelta(minutes=12)),
-        "payment_status": "ok",
-        "card_last4": "4242",
-    }
-    if template == "onboarding_first_call":
-        user.update(
-            signup_at=_iso(now - timedelta(days=2)), quota_used=0, requests_30d=0,
-            errors_24h=0, deprecated_calls_7d=0, last_call_at=None,
-        )
-    elif template == "first_call_success":
-        user.update(
-            signup_at=_iso(now - timedelta(days=1)), quota_used=1, requests_30d=1,
-            errors_24h=0, deprecated_calls_7d=0, last_call_at=_iso(now - timedelta(minutes=3)),
-        )
-    elif template == "payment_failed":
-        user.update(payment_status="failed")
-    elif template == "usage_drop":
-        user.update(requests_30d=3120, last_call_at=_iso(now - timedelta(days=6)))
-    return user
-
-
-def sample_context(
-    template: str,
-    *,
-    labels: dict[str, str] | None = None,
-    user: dict[str, Any] | None = None,
-    resolved: bool = False,
-) -> dict[str, Any]:
-    """A realistic template context for previews and checks.
-
-    `labels` are merged over the sample labels; `user` replaces the sample user record
-    (pass `{}` for "the directory had nothing").
-    """
-    now = datetime.now(UTC).replace(microsecond=0)
-    rule = RULE_FOR_TEMPLATE.get(template) or "".join(
-        part.capitalize() for part in re.split(r"[_.-]+", template)
-    )
-    sample_labels = {
-        "alertname": rule,
-        "user_id": "u_1842",
-        "email_template": template,
-        "plan": "starter",
-    }
-    merged_labels = {**sample_labels, **(labels or {})}
-    user_id = merged_labels["user_id"]
-    record = _sample_user(template, user_id, now) if user is None else dict(user)
-    annotations = dict(
-        _SAMPLE_ANNOTATIONS.get(template, {"summary": f"{rule} for user {user_id}"})
-    )
-    return {
-        "labels": merged_labels,
-        "annotations": annotations,
-        "alert": {
-            "status": "resolved" if resolved else "firing",
-            "starts_at": now - timedelta(hours=2),
-            "ends_at": now - timedelta(minutes=5) if resolved else None,
-            "generator_url": "http://prometheus.internal:9090/graph?g0.expr=nudge",
-            "fingerprint": "4f3a9c1e2b7d8a60",
-        },
-        "rule": merged_labels["alertname"],
-        "user_id": user_id,
-        "user": record,
-        "recipient": record.get("email") or "jane.doe@example.com",
-        "unsubscribe_url": f"https://nudge.example.com/unsubscribe/{user_id}.sample-token",
-        "external_url": "http://alertmanager.internal:9093",
-        "now": now,
-    }
+# --- checks ----------------------------------------------------------------------------------
 
 
 def _template_files(root: Path) -> list[str]:
@@ -496,7 +388,7 @@ def _layout_problems(root: Path) -> list[TemplateError]:
         if not (folder / SUBJECT).is_file():
             problems.append(TemplateError(folder.name, None, f"folder has no {SUBJECT}"))
             continue
-        names = {p.name for p in folder.iterdir()}
+        names = {p.name for p in folder.iterdir()} - {SAMPLE_FILE}
         resolved_files = {n for n in names if n.startswith(RESOLVED_PREFIX)}
         if resolved_files and RESOLVED_PREFIX + SUBJECT not in names:
             message = f"resolved files without {RESOLVED_PREFIX}{SUBJECT}"
@@ -512,48 +404,53 @@ def _layout_problems(root: Path) -> list[TemplateError]:
     return problems
 
 
-def compile_all(templates_dir: str | Path) -> list[TemplateError]:
-    """Every problem in `templates_dir`: layout, compile and render errors (empty when clean)."""
+def compile_all(templates_dir: str | Path,
+                env: jinja2.Environment | None = None) -> list[TemplateError]:
+    """Layout and compile problems of every file in `templates_dir` (empty when clean);
+    app/template_set.py renders them with sample data too."""
     root = Path(templates_dir)
     if not root.is_dir():
         return [TemplateError(str(root), None, "templates directory not found")]
-    env = build_environment(root)
+    env = env or build_environment(root)
     problems = _layout_problems(root)
     seen = {(p.template, p.line, p.message) for p in problems}
-
-    def report(problem: TemplateError, note: str = "") -> None:
-        key = (problem.template, problem.line, problem.message)
-        if key not in seen:
-            seen.add(key)
-            problems.append(
-                TemplateError(problem.template, problem.line, problem.message + note)
-            )
-
-    for file in _template_files(root):
+    names = env.loader.list_templates() if env.loader else _template_files(root)
+    for file in names:
         try:
             env.get_template(file)
         except Exception as exc:
-            report(_error_from_exception(env, exc, file))
-
+            problem = _error_from_exception(env, exc, file)
+            if (problem.template, problem.line, problem.message) not in seen:
+                seen.add((problem.template, problem.line, problem.message))
+                problems.append(problem)
     for name in list_templates(root):
-        variants = [False, True] if has_resolved_variant(root, name) else [False]
-        for resolved in variants:
-            for user, note in ((None, ""), ({}, " (with an empty user record)")):
-                try:
-                    compiled = _compiled_email(env, name, resolved)
-                except TemplateError as problem:
-                    report(problem, note)
-                    continue
-                context = sample_context(name, user=user, resolved=resolved)
-                # Each part on its own, so an error in the subject does not hide one in a body.
-                for part in (compiled.subject, compiled.text, compiled.html):
-                    if part is None:
-                        continue
-                    try:
-                        output = _render(env, part, context)
-                    except TemplateError as problem:
-                        report(problem, note)
-                        continue
-                    if part is compiled.subject and not collapse_whitespace(output):
-                        report(TemplateError(part.name or name, None, "subject is empty"), note)
+        for resolved in [False, True] if has_resolved_variant(root, name) else [False]:
+            try:
+                _compiled_email(env, name, resolved)
+            except TemplateError as problem:
+                if (problem.template, problem.line, problem.message) not in seen:
+                    seen.add((problem.template, problem.line, problem.message))
+                    problems.append(problem)
+    return problems
+
+
+def render_part_by_part(env: jinja2.Environment, template: str, context: dict[str, Any], *,
+                        resolved: bool) -> list[TemplateError]:
+    """Every render problem of one email, each part on its own (so an error in the subject
+    does not hide one in a body); an empty subject is a problem too."""
+    try:
+        compiled = _compiled_email(env, template, resolved)
+    except TemplateError as problem:
+        return [problem]
+    problems = []
+    for part in (compiled.subject, compiled.text, compiled.html):
+        if part is None:
+            continue
+        try:
+            output = _render(env, part, context)
+        except TemplateError as problem:
+            problems.append(problem)
+            continue
+        if part is compiled.subject and not collapse_whitespace(output):
+            problems.append(TemplateError(part.name or template, None, "subject is empty"))
     return problems

@@ -282,7 +282,8 @@ def test_preview_with_an_alertmanager_payload(runner, tmp_path):
     }))
     from_alert = runner("preview", "deprecated_endpoint", "--alert", str(alert))
     assert from_alert.exit_code == 0, from_alert.output
-    assert from_alert.output.splitlines()[0] == (
+    assert "no directory configured" in from_alert.stderr  # it says it fell back
+    assert from_alert.stdout.splitlines()[0] == (
         "Subject: You're calling a deprecated Acme API endpoint: /v1/legacy"
     )
     assert "Use /v2/send instead." in from_alert.output

@@ -1,6 +1,7 @@
 """Email templates: the shipped ones render, errors name file and line, data stays data."""
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,10 +15,13 @@ from app.rendering import (
     has_resolved_variant,
     list_templates,
     render_email,
-    sample_context,
 )
+from app.rules import load_rule_set
+from app.samples import sample_context as context_of
+from app.samples import samples_for
 
 SHIPPED = Path(__file__).resolve().parent.parent / "email_templates"
+RULES = load_rule_set(SHIPPED.parent / "alert_rules")
 CONTRACT_TEMPLATES = [
     "deprecated_endpoint",
     "error_rate_spike",
@@ -39,6 +43,18 @@ DIRECTORY_DATA = {
     "quota_warning": ["93,412", "100,000"],
     "usage_drop": ["3,120", "6 days ago"],
 }
+
+
+def sample_context(name: str, *, resolved: bool = False, user=None, labels=None) -> dict:
+    """The context `nudge check` and `nudge preview` render a shipped template with: the sample
+    alert of its rule, and its sample.yml."""
+    (sample,), problems = samples_for(name, SHIPPED, RULES, user_label="user_id",
+                                      template_label="email_template", resolved=resolved)
+    assert problems == []
+    if labels:
+        sample = replace(sample, alert={**sample.alert,
+                                        "labels": {**sample.alert["labels"], **labels}})
+    return context_of(sample, public_url="https://nudge.example.com", user=user)
 
 
 @pytest.fixture(scope="module")
@@ -301,8 +317,7 @@ def test_compile_all_reports_each_broken_file(tmp_path):
         "_layouts/base.txt": "{% block content %}{% endblock %}\n",
         "good/subject.txt": "Hi {{ user.get('name') or 'there' }}\n",
         "good/body.txt": '{% extends "_layouts/base.txt" %}{% block content %}ok{% endblock %}',
-        "typo/subject.txt": "Hi {{ labels.plan }}\n",
-        "typo/body.txt": "Hello {{ user.name }}\n",
+        "good/sample.yml": "user: {name: Ann}\n",
         "syntax/subject.txt": "Hi\n",
         "syntax/body.txt": "ok\n{% for x in %}\n",
         "nobody/subject.txt": "Hi\n",
@@ -310,17 +325,30 @@ def test_compile_all_reports_each_broken_file(tmp_path):
         "halfresolved/body.txt": "Hi\n",
         "halfresolved/resolved_body.txt": "Fixed\n",
         "nosubject/body.txt": "Hi\n",
+        "stray/subject.txt": "Hi\n",
+        "stray/body.txt": "Hi\n",
+        "stray/notes.md": "x\n",
     })
 
     problems = {str(p) for p in compile_all(root)}
 
     assert problems == {
-        "typo/body.txt line 1: 'dict object' has no attribute 'name' (with an empty user record)",
         "syntax/body.txt line 2: Expected an expression, got 'end of statement block'",
         "nobody/body.txt: file not found",
         "halfresolved: resolved files without resolved_subject.txt",
         "nosubject: folder has no subject.txt",
+        "stray/notes.md: unexpected file (partials must start with '_')",
     }
+
+
+def test_an_environment_renders_the_files_as_they_were_when_it_was_built(tmp_path):
+    root = write_templates(tmp_path, {"t/subject.txt": "Hi\n", "t/body.txt": "{{ 'old' }}\n"})
+    env = build_environment(root)
+    (root / "t" / "body.txt").write_text("{{ broken\n")
+
+    assert render_email(env, "t", {}).text == "old\n"
+    assert compile_all(root, env) == []
+    assert compile_all(root) != []  # a new environment sees the edit
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -380,20 +408,3 @@ def test_filter_on_missing_value_reports_the_undefined_name(tmp_path):
 
     with pytest.raises(TemplateError, match="has no attribute 'ratio'"):
         render_email(build_environment(root), "t", {"annotations": {}})
-
-
-# --- sample_context ----------------------------------------------------------------------------
-
-
-def test_sample_context_merges_labels_and_replaces_user():
-    context = sample_context(
-        "quota_warning", labels={"user_id": "u_9", "plan": "pro"}, user={"name": "Bo"}
-    )
-
-    assert context["labels"]["alertname"] == "QuotaNearlyExhausted"
-    assert context["labels"]["email_template"] == "quota_warning"
-    assert (context["labels"]["plan"], context["user_id"]) == ("pro", "u_9")
-    assert context["user"] == {"name": "Bo"}
-    assert context["alert"]["status"] == "firing" and context["alert"]["ends_at"] is None
-    assert context["now"].tzinfo is not None
-    assert sample_context("payment_failed", resolved=True)["alert"]["status"] == "resolved"
