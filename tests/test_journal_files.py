@@ -7,7 +7,7 @@ import sys
 import time
 
 from app.store import open_store
-from app.store.journal_files import HEADER, journal_names
+from app.store.journal_files import HEADER, journal_names, scan
 from tests.conftest import ROOT
 
 APPENDER = """
@@ -28,8 +28,10 @@ def test_a_torn_record_is_never_read_and_a_finished_file_is_removed_once_decided
     assert result.returncode == 0, result.stderr
     ids = [int(i) for i in result.stdout.strip("[]\n").split(",")]
     (name,) = journal_names(store.journal_folder)
-    # The writer died in the middle of its next write: half a record at the end.
-    with open(store.journal_folder / name, "ab") as handle:
+    # The writer died in the middle of its next write: half a record after the last one.
+    _, _, _, end = scan(store.journal_folder / name, 0)
+    with open(store.journal_folder / name, "r+b") as handle:
+        handle.seek(end)
         handle.write(HEADER.pack(500, 0) + b'{"id": 99')
     pending = store.pending_notifications(100, 1000)
     assert [p.id for p in pending] == ids

@@ -10,6 +10,11 @@ A record is `<u32 payload length><u32 crc32 of payload>` then the payload: one l
 metadata (id, received_at, receiver, status, group_key, alert_count, truncated_alerts), a
 newline, and the body as received. A record cut short by a crash fails its length or CRC
 check and was never acknowledged: the reader stops before it.
+
+Files are filled with zeros ahead of the writer (a zero length ends the records), so that an
+acknowledged append costs one data flush: appending past the end of a file would also make
+fdatasync commit the new file size to the filesystem's journal (as PostgreSQL does for its
+WAL segments).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pathlib import Path
 
 HEADER = struct.Struct("<II")
 ROTATE_BYTES = 64 * 1024 * 1024
+PREALLOCATE_BYTES = 16 * 1024 * 1024
+_ZEROS = bytes(1024 * 1024)
 _NAME = re.compile(r"^(\d+)-(\d+)-(\d+)\.journal$")
 
 
@@ -84,6 +91,7 @@ class JournalWriter:
         self._fd: int | None = None
         self._seq = 0
         self._size = 0
+        self._allocated = 0
         self._next_id = 0
         self._last_id = -1
 
@@ -92,15 +100,26 @@ class JournalWriter:
         pid = os.getpid()
         start = _process_start(pid) or 0
         name = f"{pid}-{start}-{self._seq}.journal"
-        self._fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                           | os.O_CLOEXEC, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        self._fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._size = 0
+        self._allocated = os.fstat(self._fd).st_size
+        self._preallocate(PREALLOCATE_BYTES)
         # The new name must survive a power cut too, not only the data written to it.
         directory = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+    def _preallocate(self, needed: int) -> None:
+        """Zeros up to `needed` bytes plus room ahead, made durable once (size included)."""
+        if self._allocated >= needed:
+            return
+        target = needed + PREALLOCATE_BYTES
+        while self._allocated < target:
+            chunk = min(len(_ZEROS), target - self._allocated)
+            self._allocated += os.pwrite(self._fd, _ZEROS[:chunk], self._allocated)
+        os.fsync(self._fd)
 
     def _take_ids(self, count: int) -> list[int]:
         ids = []
@@ -139,14 +158,15 @@ class JournalWriter:
                 chunks.append(payload)
             data = b"".join(chunks)
             try:
+                self._preallocate(self._size + len(data) + HEADER.size)
                 written = 0
                 while written < len(data):
-                    written += os.write(self._fd, data[written:])
+                    written += os.pwrite(self._fd, data[written:], self._size + written)
                 os.fdatasync(self._fd)
             except OSError:
                 # Never leave a torn record in front of the next one.
                 try:
-                    os.ftruncate(self._fd, self._size)
+                    os.pwrite(self._fd, bytes(min(len(data), len(_ZEROS))), self._size)
                 except OSError:
                     pass
                 raise
@@ -177,6 +197,8 @@ def read_records(path: Path, offset: int, limit: int, max_alerts: int) -> Iterat
             if len(header) < HEADER.size:
                 return
             length, crc = HEADER.unpack(header)
+            if length == 0:  # the zeros ahead of the writer
+                return
             payload = handle.read(length)
             if len(payload) < length or zlib.crc32(payload) != crc:
                 return
@@ -206,7 +228,7 @@ def scan(path: Path, offset: int) -> tuple[int, int, float | None, int]:
         handle.seek(offset)
         while offset + HEADER.size <= size:
             length, _crc = HEADER.unpack(handle.read(HEADER.size))
-            if offset + HEADER.size + length > size:
+            if length == 0 or offset + HEADER.size + length > size:
                 break
             meta_line = handle.readline(64 * 1024)
             try:

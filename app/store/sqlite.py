@@ -459,26 +459,20 @@ class SQLiteStore(Store):
         for name in names:
             pid, start, seq = name.split(".")[0].split("-")
             path = self.journal_folder / name
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                continue
             finished = int(seq) < writers[(pid, start)] or not journal_files.writer_alive(name)
-            if not finished:
+            # A finished file with no whole record after its checkpoint is done (anything
+            # after it is zeros, or a record cut short that was never acknowledged).
+            if not finished or journal_files.scan(path, offsets.get(name, 0))[0]:
                 continue
-            _, _, _, end = journal_files.scan(path, offsets.get(name, 0))
-            if end < offsets.get(name, 0) or journal_files.scan(path, end)[0]:
+            try:
+                path.unlink()
+            except OSError:
                 continue
-            if offsets.get(name, 0) >= end and (end == size or finished):
-                try:
-                    path.unlink()
-                except OSError:
-                    continue
-                try:
-                    with self._write("cannot clean the journal") as conn:
-                        conn.execute("DELETE FROM journal_offsets WHERE file = ?", (name,))
-                except StorageError:
-                    pass
+            try:
+                with self._write("cannot clean the journal") as conn:
+                    conn.execute("DELETE FROM journal_offsets WHERE file = ?", (name,))
+            except StorageError:
+                pass
 
     def journal_stats(self, now: float) -> JournalStats:
         with self._read("cannot read the journal") as conn:
