@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help venv install install-test binaries postgresql run worker demo-api test lint check demo bench clean
+.PHONY: help venv install install-unlocked install-test binaries postgresql run worker demo-api test lint check demo bench clean
 
 help:
 	@echo "make run    - install and start Nudge (receiver + delivery) on http://127.0.0.1:8080"
@@ -24,13 +24,20 @@ $(BIN)/nudge: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	@touch $@
 
-install: $(BIN)/nudge
+# `make run` and `make demo-api` started together (the quick start's two terminals): the
+# second waits on this lock for the first's install instead of using a half-made venv.
+install:
+	@if command -v flock >/dev/null; then \
+	    mkdir -p $(dir $(VENV)) var && flock var/.install.lock $(MAKE) --no-print-directory install-unlocked; \
+	else $(MAKE) --no-print-directory install-unlocked; fi
+
+install-unlocked: $(BIN)/nudge
 
 $(VENV)/.test-deps: $(BIN)/nudge pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-install-test: $(VENV)/.test-deps binaries postgresql
+install-test: install $(VENV)/.test-deps binaries postgresql
 
 # A real PostgreSQL server for the PostgreSQL engine's tests (each test session runs a
 # throwaway cluster of its own), and docker-compose to check the compose files.
@@ -76,7 +83,7 @@ worker: install
 demo-api: install
 	$(BIN)/python -m demo_api
 
-lint: $(VENV)/.test-deps
+lint: install $(VENV)/.test-deps
 	$(BIN)/ruff check .
 
 test: install-test

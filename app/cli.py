@@ -491,6 +491,30 @@ def send_test(ctx: Context, template, recipient, user_id, labels, user_json, res
 
 
 @main.command()
+@click.argument("name")
+@click.option("--alert", "alertname", help="Alert name of the rule (default: NAME in CamelCase).")
+@click.option("--rule-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Add the rule to this file in rules_dir (default: rules_dir/NAME.yml).")
+@pass_context
+def new(ctx: Context, name: str, alertname: str | None, rule_file: Path | None) -> None:
+    """Scaffold a new behavioral email NAME: a rule, its promtool test, and a template."""
+    from app.scaffold import ScaffoldError, scaffold
+
+    try:
+        made = scaffold(ctx.config, name, alert=alertname, rule_file=rule_file)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "added to" if made.appended else "created"
+    click.echo(f"{verb} {made.rule_file} (rule {made.alert})")
+    for path in made.created[1:]:
+        click.echo(f"created {path}")
+    click.echo(f"\nThey pass `nudge check` as they are. Next: change what the comments marked "
+               f"CHANGE say, then\n"
+               f"  nudge check                      # templates, rules and promtool tests\n"
+               f"  nudge preview {name} --user ID   # the email, with a real user's record")
+
+
+@main.command()
 @click.option("--no-promtool", "no_promtool", is_flag=True,
               help="Skip promtool (rule syntax and the rules' unit tests).")
 @pass_context
