@@ -41,7 +41,7 @@ def receive() -> tuple[Response, int]:
     try:
         notification = check_notification(parse_json(body), body)
         try:
-            text = body.decode("utf-8")
+            body.decode("utf-8")  # journaled as received, so it must be UTF-8 as it is
         except UnicodeDecodeError:  # raw surrogates, which json.loads lets through
             raise PayloadError("body is not UTF-8 text") from None
     except PayloadError as exc:
@@ -55,7 +55,7 @@ def receive() -> tuple[Response, int]:
         group_key=notification.group_key,
         alert_count=notification.alert_count,
         truncated_alerts=notification.truncated_alerts,
-        body=text,
+        body=body,
     )
     try:
         notification_id = current_app.extensions["nudge_journal"].append(entry)

@@ -59,7 +59,7 @@ class JournalEntry:
     group_key: str
     alert_count: int
     truncated_alerts: int
-    body: str
+    body: str | bytes  # the body as received; bytes must be UTF-8 (the webhook checks)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ from pathlib import Path
 HEADER = struct.Struct("<II")
 ROTATE_BYTES = 64 * 1024 * 1024
 PREALLOCATE_BYTES = 16 * 1024 * 1024
+# A write this big just extends the file: its data flush costs far more than the file size's
+# commit, and zero-filling ahead of it would double what is written.
+BIG_WRITE = 256 * 1024
 _ZEROS = bytes(1024 * 1024)
 _NAME = re.compile(r"^(\d+)-(\d+)-(\d+)\.journal$")
 
@@ -138,7 +141,7 @@ class JournalWriter:
         with self._lock:
             self._next_id, self._last_id = 0, -1
 
-    def append(self, entries: list[dict], bodies: list[str]) -> list[int]:
+    def append(self, entries: list[dict], bodies: list[str | bytes]) -> list[int]:
         """Write these notifications durably; returns their ids. OSError if not written."""
         with self._lock:
             if self._pid != os.getpid():  # forked: never share a parent's file or ids
@@ -153,12 +156,13 @@ class JournalWriter:
             chunks = []
             for notification_id, meta, body in zip(ids, entries, bodies, strict=True):
                 payload = (json.dumps({"id": notification_id, **meta}, separators=(",", ":"))
-                           .encode() + b"\n" + body.encode())
+                           .encode() + b"\n" + (body if isinstance(body, bytes) else body.encode()))
                 chunks.append(HEADER.pack(len(payload), zlib.crc32(payload)))
                 chunks.append(payload)
             data = b"".join(chunks)
             try:
-                self._preallocate(self._size + len(data) + HEADER.size)
+                if len(data) < BIG_WRITE:
+                    self._preallocate(self._size + len(data) + HEADER.size)
                 written = 0
                 while written < len(data):
                     written += os.pwrite(self._fd, data[written:], self._size + written)
@@ -171,6 +175,7 @@ class JournalWriter:
                     pass
                 raise
             self._size += len(data)
+            self._allocated = max(self._allocated, self._size)
             return ids
 
 

@@ -269,7 +269,7 @@ class PostgresStore(Store):
                 ([iso(e.received_at) for e in entries], [e.receiver for e in entries],
                  [e.status for e in entries], [e.group_key for e in entries],
                  [e.alert_count for e in entries], [e.truncated_alerts for e in entries],
-                 [e.body for e in entries]),
+                 [e.body.decode() if isinstance(e.body, bytes) else e.body for e in entries]),
             ).fetchall()
             conn.execute(f"NOTIFY {JOURNAL_CHANNEL}")
         return sorted(row[0] for row in rows)
