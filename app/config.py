@@ -1,8 +1,17 @@
 """nudge.yml plus environment overrides, validated once at start-up.
 
-Every key has a default (DEFAULTS below is the documented reference); `load_config`
-collects every problem and raises one ConfigError listing them, one line each, so an
-operator fixes the whole file in one go and never meets a bad key on the first alert.
+Every setting is declared once, in SETTINGS: its key, default, environment variable, how it
+is validated and a one-line doc. DEFAULTS, ENV_OVERRIDES, the Config values, the README's
+configuration table (`markdown_table()`, tests/test_docs.py compares) and deploy/nudge.yml
+(tested to hold every key) all follow from it. `load_config` collects every problem and
+raises one ConfigError listing them, one line each, so an operator fixes the whole file in
+one go and never meets a bad key on the first alert.
+
+Why a table of our own rather than a settings library (pydantic-settings): nudge.yml is
+nested YAML whose every mistake must come out as one `FILE: key: what is wrong (allowed:
+...)` line, all of them at once, with environment variables that name single nested keys;
+that is the validation, not the reading, and a library would add a compiled dependency
+(pydantic-core) to reshape its errors back into these lines.
 """
 
 from __future__ import annotations
@@ -20,89 +29,6 @@ import yaml
 
 from app.durations import parse_cooldown, parse_duration
 from app.redact import redact_url
-
-DEFAULTS: dict[str, Any] = {
-    "database": "var/nudge.db",
-    "database_password_file": None,
-    "templates_dir": "email_templates",
-    "rules_dir": "alert_rules",
-    "public_url": "http://127.0.0.1:8080",
-    "secret_key": None,
-    "server": {"bind": "127.0.0.1:8080", "workers": 2},
-    "webhook": {
-        "token": None,
-        "basic_auth": {"username": None, "password": None},
-        "allow_unauthenticated": False,
-        "max_body_bytes": 10 * 1024 * 1024,
-    },
-    "alerts": {
-        "user_label": "user_id",
-        "template_label": "email_template",
-        "cooldown": "24h",
-        "send_resolved": False,
-        "rules": {},
-    },
-    "recipients": {
-        "order": ["label", "static_map", "directory"],
-        "email_label": "email",
-        "static_map": None,
-    },
-    "directory": {
-        "url": None,
-        "email_field": "email",
-        "timeout": "2s",
-        "retries": 2,
-        "cache_ttl": "5m",
-        "cache_ttl_min": "0s",
-        "cache_ttl_max": "1h",
-        "max_stale": "1h",
-        "api_key_header": "X-API-Key",
-        "token_file": None,
-        "api_key_file": None,
-        "oauth": {
-            "token_url": None,
-            "client_id": None,
-            "client_secret_file": None,
-            "scope": None,
-            "audience": None,
-            "auth_method": "client_secret_basic",
-        },
-    },
-    "smtp": {
-        "url": None,
-        "from": "Nudge <nudge@localhost>",
-        "reply_to": None,
-        "connections": 10,
-        "rate_limit": 0,
-    },
-    "delivery": {
-        "max_attempts": 8,
-        "max_age": "24h",
-        "retry_backoff": "30s",
-        "max_backoff": "1h",
-        "lease": "2m",
-        "outbox_dir": "var/outbox",
-    },
-    "metrics": {"multiproc_dir": "var/metrics"},
-}
-
-# Environment variables that override one key each: what differs per deployment.
-ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
-    "NUDGE_DB": ("database",),
-    "NUDGE_DB_PASSWORD_FILE": ("database_password_file",),
-    "NUDGE_TEMPLATES": ("templates_dir",),
-    "NUDGE_RULES": ("rules_dir",),
-    "NUDGE_PUBLIC_URL": ("public_url",),
-    "NUDGE_SECRET_KEY": ("secret_key",),
-    "NUDGE_WEBHOOK_TOKEN": ("webhook", "token"),
-    "NUDGE_SMTP_URL": ("smtp", "url"),
-    "NUDGE_DIRECTORY_URL": ("directory", "url"),
-    "NUDGE_DIRECTORY_TOKEN_FILE": ("directory", "token_file"),
-    "NUDGE_DIRECTORY_API_KEY_FILE": ("directory", "api_key_file"),
-    "NUDGE_DIRECTORY_TOKEN_URL": ("directory", "oauth", "token_url"),
-    "NUDGE_DIRECTORY_CLIENT_ID": ("directory", "oauth", "client_id"),
-    "NUDGE_DIRECTORY_CLIENT_SECRET_FILE": ("directory", "oauth", "client_secret_file"),
-}
 
 RECIPIENT_SOURCES = ("label", "static_map", "directory")
 RULE_OVERRIDE_KEYS = ("template", "cooldown", "send_resolved")
@@ -139,6 +65,7 @@ class DirectoryOAuth:
 @dataclass(frozen=True)
 class Config:
     database: Path | str  # a SQLite file, or a PostgreSQL URL (str)
+    database_password_file: Path | None
     templates_dir: Path
     rules_dir: Path
     public_url: str
@@ -181,7 +108,6 @@ class Config:
     lease: float
     outbox_dir: Path
     metrics_dir: Path
-    database_password_file: Path | None = None
     source: str = "defaults"
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -502,12 +428,12 @@ def _rule_overrides(value: Any, source: str, problems: list[str]) -> dict[str, R
 
 
 def _directory_credentials(
-    r: _Reader, source: str, problems: list[str], environ: Mapping[str, str]
+    values: Mapping[str, Any], source: str, problems: list[str], environ: Mapping[str, str]
 ) -> tuple[Path | None, Path | None, DirectoryOAuth | None]:
     """directory.token_file, directory.api_key_file and directory.oauth, cross-checked with
     NUDGE_DIRECTORY_TOKEN, NUDGE_DIRECTORY_API_KEY and NUDGE_DIRECTORY_CLIENT_SECRET."""
-    token_file = r.get("directory.token_file", _optional_path, "a file path")
-    api_key_file = r.get("directory.api_key_file", _optional_path, "a file path")
+    token_file = values["directory.token_file"]
+    api_key_file = values["directory.api_key_file"]
     token_env = bool(environ.get("NUDGE_DIRECTORY_TOKEN", "").strip())
     secret_env = bool(environ.get("NUDGE_DIRECTORY_CLIENT_SECRET", "").strip())
     if token_file and token_env:
@@ -516,13 +442,12 @@ def _directory_credentials(
     if api_key_file and environ.get("NUDGE_DIRECTORY_API_KEY", "").strip():
         problems.append(f"{source}: directory.api_key_file: NUDGE_DIRECTORY_API_KEY is set too: "
                         f"use one of them")
-    token_url = r.get("directory.oauth.token_url", _optional_http_url, "an http(s) URL")
-    client_id = r.get("directory.oauth.client_id", _optional_text, "a string")
-    secret_file = r.get("directory.oauth.client_secret_file", _optional_path, "a file path")
-    scope = r.get("directory.oauth.scope", _optional_text, "space-separated scopes")
-    audience = r.get("directory.oauth.audience", _optional_text, "a string")
-    auth_method = r.get("directory.oauth.auth_method", _token_auth_method,
-                        "client_secret_basic or client_secret_post", "client_secret_basic")
+    token_url = values["directory.oauth.token_url"]
+    client_id = values["directory.oauth.client_id"]
+    secret_file = values["directory.oauth.client_secret_file"]
+    scope = values["directory.oauth.scope"]
+    audience = values["directory.oauth.audience"]
+    auth_method = values["directory.oauth.auth_method"]
     if not (token_url or client_id or secret_file or scope or audience):
         return token_file, api_key_file, None
     where = f"{source}: directory.oauth"
@@ -556,11 +481,203 @@ def _token_auth_method(value: Any) -> str:
     return text
 
 
+# --- the settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One nudge.yml key: where it goes in Config, how it is read, and its documentation."""
+
+    key: str  # dotted path in nudge.yml
+    default: Any  # as it would be written in nudge.yml
+    convert: Callable[[Any], Any]  # validates and converts; ValueError names what is wrong
+    allowed: str  # what is allowed, for error messages
+    doc: str  # one line for the README's configuration table
+    attr: str | None = None  # the Config attribute (None: combined with others, see _build)
+    env: str | None = None  # environment variable that overrides it
+    shown_default: str | None = None  # the README's default when the value says too little
+
+
+def _d(key, default, convert, allowed, doc, attr=None, env=None, shown_default=None) -> Setting:
+    return Setting(key, default, convert, allowed, doc, attr, env, shown_default)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    _d("database", "var/nudge.db", _database, "a SQLite file path or a postgresql:// URL",
+       "a SQLite file (WAL mode), or a PostgreSQL URL such as "
+       "`postgresql://nudge:secret@db:5432/nudge?sslmode=require` "
+       "([several replicas](#running-several-replicas))", "database", "NUDGE_DB"),
+    _d("database_password_file", None, _optional_path, "a file path",
+       "PostgreSQL: a file holding the password (read at every new connection, so a rotated "
+       "password needs no restart); overrides a password in the URL",
+       "database_password_file", "NUDGE_DB_PASSWORD_FILE"),
+    _d("templates_dir", "email_templates", _path, "a folder path",
+       "one folder per email template (reloaded when its files change)", "templates_dir",
+       "NUDGE_TEMPLATES"),
+    _d("rules_dir", "alert_rules", _path, "a folder path",
+       "rule files and their promtool tests (`tests/`), for `nudge check`, sample alerts and "
+       "reload checks", "rules_dir", "NUDGE_RULES"),
+    _d("public_url", "http://127.0.0.1:8080", _http_url, "an http(s) URL",
+       "base URL of Nudge as users reach it: unsubscribe links (use https)", "public_url",
+       "NUDGE_PUBLIC_URL"),
+    _d("secret_key", None, _optional_text, "a long random string",
+       "signs unsubscribe links; when unset a random key is created once in "
+       "`<database folder>/secret_key`. Required with PostgreSQL (every replica must use the "
+       "same key)", "secret_key", "NUDGE_SECRET_KEY", shown_default="*(generated)*"),
+    _d("server.bind", "127.0.0.1:8080", _bind, "HOST:PORT", "`nudge serve` listen address",
+       "bind"),
+    _d("server.workers", 2, _positive_int, "a whole number >= 1",
+       "receiver (gunicorn) processes", "workers"),
+    _d("webhook.token", None, _optional_text, "a string", "bearer token Alertmanager must send",
+       "webhook_token", "NUDGE_WEBHOOK_TOKEN"),
+    _d("webhook.basic_auth.username", None, _optional_text, "a string",
+       "or HTTP basic auth: the user name (with `webhook.basic_auth.password`)"),
+    _d("webhook.basic_auth.password", None, _optional_text, "a string",
+       "and its password"),
+    _d("webhook.allow_unauthenticated", False, _bool, "true or false",
+       "accept alerts without credentials (logged as a warning); otherwise a token or basic "
+       "auth is required", "allow_unauthenticated"),
+    _d("webhook.max_body_bytes", 10 * 1024 * 1024, _positive_int, "bytes, >= 1",
+       "larger bodies get 413", "max_body_bytes"),
+    _d("alerts.user_label", "user_id", _text, "a label name", "label naming the user",
+       "user_label"),
+    _d("alerts.template_label", "email_template", _text, "a label name",
+       "label naming the email template", "template_label"),
+    _d("alerts.cooldown", "24h", parse_cooldown, "a duration like 24h, or forever",
+       "default minimum time between two emails of one rule to one user, or `forever`",
+       "default_cooldown"),
+    _d("alerts.send_resolved", False, _bool, "true or false",
+       "default: email the resolved variant when an alert resolves", "default_send_resolved"),
+    _d("alerts.rules", {}, dict, "a mapping of alertname to settings",
+       "per-alertname `template`, `cooldown`, `send_resolved` (for rules without the "
+       "labels/annotations)"),
+    _d("recipients.order", list(RECIPIENT_SOURCES), _recipient_order,
+       "label, static_map, directory", "where to look for the address; first found wins",
+       "recipient_order"),
+    _d("recipients.email_label", "email", _text, "a label name",
+       "alert label holding an address", "email_label"),
+    _d("recipients.static_map", None, _optional_path, "a YAML or JSON file path",
+       'YAML/JSON file `{user_id: {email: ..., name: ...}}` or `{user_id: "addr"}`',
+       "static_map"),
+    _d("directory.url", None, _directory_url, "an http(s) URL containing {user_id}",
+       "user directory URL template, e.g. `https://api.internal/users/{user_id}`",
+       "directory_url", "NUDGE_DIRECTORY_URL"),
+    _d("directory.email_field", "email", _text, "a JSON field name",
+       "JSON field holding the address", "directory_email_field"),
+    _d("directory.timeout", "2s", _positive_duration, "a duration",
+       "time budget for one lookup, retries included", "directory_timeout"),
+    _d("directory.retries", 2, _non_negative_int, "a whole number >= 0",
+       "retries on connection errors, timeouts, 5xx and 429", "directory_retries"),
+    _d("directory.cache_ttl", "5m", parse_duration, "a duration",
+       "how long a fetched record is reused when the answer has no `Cache-Control` `max-age` "
+       "([cache rules](#caching-what-the-api-says-goes))", "directory_cache_ttl"),
+    _d("directory.cache_ttl_min", "0s", parse_duration, "a duration",
+       "lower bound on the API's `max-age`", "directory_cache_ttl_min"),
+    _d("directory.cache_ttl_max", "1h", parse_duration, "a duration",
+       "upper bound on the API's `max-age`", "directory_cache_ttl_max"),
+    _d("directory.max_stale", "1h", parse_duration, "a duration",
+       "while the directory cannot be asked, an expired record stands in for at most this "
+       "long after it expired", "directory_max_stale"),
+    _d("directory.api_key_header", "X-API-Key", _text, "an HTTP header name",
+       "header carrying the API key (`NUDGE_DIRECTORY_API_KEY` or `directory.api_key_file`)",
+       "directory_api_key_header"),
+    _d("directory.token_file", None, _optional_path, "a file path",
+       "file holding a bearer token, re-read when it changes", env="NUDGE_DIRECTORY_TOKEN_FILE"),
+    _d("directory.api_key_file", None, _optional_path, "a file path",
+       "file holding an API key, re-read when it changes", env="NUDGE_DIRECTORY_API_KEY_FILE"),
+    _d("directory.oauth.token_url", None, _optional_http_url, "an http(s) URL",
+       "OAuth 2.0 token endpoint: setting it turns on "
+       "[client credentials](#oauth-20-client-credentials)", env="NUDGE_DIRECTORY_TOKEN_URL"),
+    _d("directory.oauth.client_id", None, _optional_text, "a string",
+       "the client id Nudge authenticates as", env="NUDGE_DIRECTORY_CLIENT_ID"),
+    _d("directory.oauth.client_secret_file", None, _optional_path, "a file path",
+       "file holding the client secret, re-read when it changes (or "
+       "`NUDGE_DIRECTORY_CLIENT_SECRET`)", env="NUDGE_DIRECTORY_CLIENT_SECRET_FILE"),
+    _d("directory.oauth.scope", None, _optional_text, "space-separated scopes",
+       "space-separated scopes to ask for"),
+    _d("directory.oauth.audience", None, _optional_text, "a string",
+       "`audience` form parameter, for providers that need one (Auth0...)"),
+    _d("directory.oauth.auth_method", "client_secret_basic", _token_auth_method,
+       "client_secret_basic or client_secret_post",
+       "how the client authenticates to the token endpoint: HTTP Basic, or "
+       "`client_secret_post` (in the form)"),
+    _d("smtp.url", None, _smtp_url,
+       "smtp://[user:pass@]host[:port][?tls=starttls|tls], smtps://...",
+       "see [Sending](#sending)", "smtp_url", "NUDGE_SMTP_URL",
+       shown_default="*(none: file outbox)*"),
+    _d("smtp.from", "Nudge <nudge@localhost>", _text,
+       "an address like 'Acme <noreply@acme.com>'", "From header", "smtp_from"),
+    _d("smtp.reply_to", None, _optional_text, "an address", "Reply-To header", "smtp_reply_to"),
+    _d("smtp.connections", 10, _positive_int, "a whole number >= 1",
+       "parallel persistent SMTP connections (each message waits on several round trips to "
+       "the relay: more connections keep more messages in flight)", "smtp_connections"),
+    _d("smtp.rate_limit", 0, _non_negative_number, "messages/second, 0 = no limit",
+       "messages per second across all connections (0 = no limit)", "smtp_rate_limit"),
+    _d("delivery.max_attempts", 8, _positive_int, "a whole number >= 1",
+       "transient failures are retried up to this many attempts...", "max_attempts"),
+    _d("delivery.max_age", "24h", _positive_duration, "a duration",
+       "...and for at most this long; then the delivery is `dead`", "max_age"),
+    _d("delivery.retry_backoff", "30s", _positive_duration, "a duration",
+       "first retry delay; doubles each attempt, with ±25 % jitter", "retry_backoff"),
+    _d("delivery.max_backoff", "1h", _positive_duration, "a duration",
+       "cap on the retry delay", "max_backoff"),
+    _d("delivery.lease", "2m", _positive_duration, "a duration",
+       "a delivery claimed by a worker that died is retried after this", "lease"),
+    _d("delivery.outbox_dir", "var/outbox", _path, "a folder path",
+       "where `.eml` files go when no SMTP URL is set", "outbox_dir"),
+    _d("metrics.multiproc_dir", "var/metrics", _path, "a folder path",
+       "prometheus-client multiprocess folder, emptied at start (`PROMETHEUS_MULTIPROC_DIR` "
+       "wins)", "metrics_dir"),
+)
+SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def _defaults_tree() -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for setting in SETTINGS:
+        _set_path(tree, tuple(setting.key.split(".")), copy.deepcopy(setting.default))
+    return tree
+
+
+DEFAULTS: dict[str, Any] = _defaults_tree()
+# Environment variables that override one key each: what differs per deployment.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    setting.env: tuple(setting.key.split(".")) for setting in SETTINGS if setting.env
+}
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "*(none)*"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, list):
+        return f"`[{', '.join(map(str, value))}]`"
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, from SETTINGS (tests/test_docs.py compares; print it
+    with `python -c 'from app.config import markdown_table; print(markdown_table())'`)."""
+    rows = ["| Key | Default | Meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.shown_default or _shown(setting.default)
+        rows.append(f"| `{setting.key}` | {default} | {setting.doc} |")
+    return "\n".join(rows)
+
+
 def _build(tree: dict, source: str, problems: list[str], environ: Mapping[str, str]) -> Config:
     r = _Reader(tree, source, problems)
-    token = r.get("webhook.token", _optional_text, "a string")
-    basic_user = r.get("webhook.basic_auth.username", _optional_text, "a string")
-    basic_password = r.get("webhook.basic_auth.password", _optional_text, "a string")
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.key == "alerts.rules":
+            continue
+        fallback = setting.convert(copy.deepcopy(setting.default))
+        values[setting.key] = r.get(setting.key, setting.convert, setting.allowed, fallback)
+
+    # Settings that only mean something together.
+    basic_user = values["webhook.basic_auth.username"]
+    basic_password = values["webhook.basic_auth.password"]
     basic_auth = None
     if basic_user or basic_password:
         if not (basic_user and basic_password):
@@ -569,73 +686,20 @@ def _build(tree: dict, source: str, problems: list[str], environ: Mapping[str, s
             )
         else:
             basic_auth = (basic_user, basic_password)
-    allow_unauthenticated = r.get("webhook.allow_unauthenticated", _bool, "true or false", False)
-    token_file, api_key_file, oauth = _directory_credentials(r, source, problems, environ)
-    cache_ttl_min = r.get("directory.cache_ttl_min", parse_duration, "a duration", 0.0)
-    cache_ttl_max = r.get("directory.cache_ttl_max", parse_duration, "a duration", 3600.0)
-    if cache_ttl_min > cache_ttl_max:
+    token_file, api_key_file, oauth = _directory_credentials(values, source, problems, environ)
+    if values["directory.cache_ttl_min"] > values["directory.cache_ttl_max"]:
         problems.append(f"{source}: directory.cache_ttl_max: must be at least "
-                        f"directory.cache_ttl_min ({cache_ttl_min:g}s), got {cache_ttl_max:g}s")
+                        f"directory.cache_ttl_min ({values['directory.cache_ttl_min']:g}s), "
+                        f"got {values['directory.cache_ttl_max']:g}s")
+    alerts = tree.get("alerts")
     return Config(
-        database=r.get("database", _database, "a SQLite file path or a postgresql:// URL",
-                       Path("var/nudge.db")),
-        database_password_file=r.get("database_password_file", _optional_path, "a file path"),
-        templates_dir=r.get("templates_dir", _path, "a folder path", Path("email_templates")),
-        rules_dir=r.get("rules_dir", _path, "a folder path", Path("alert_rules")),
-        public_url=r.get("public_url", _http_url, "an http(s) URL", "http://127.0.0.1:8080"),
-        secret_key=r.get("secret_key", _optional_text, "a long random string"),
-        bind=r.get("server.bind", _bind, "HOST:PORT", "127.0.0.1:8080"),
-        workers=r.get("server.workers", _positive_int, "a whole number >= 1", 2),
-        webhook_token=token,
+        **{s.attr: values[s.key] for s in SETTINGS if s.attr},
         webhook_basic_auth=basic_auth,
-        allow_unauthenticated=allow_unauthenticated,
-        max_body_bytes=r.get("webhook.max_body_bytes", _positive_int, "bytes, >= 1", 10485760),
-        user_label=r.get("alerts.user_label", _text, "a label name", "user_id"),
-        template_label=r.get("alerts.template_label", _text, "a label name", "email_template"),
-        default_cooldown=r.get(
-            "alerts.cooldown", parse_cooldown, "a duration like 24h, or forever", 86400.0
-        ),
-        default_send_resolved=r.get("alerts.send_resolved", _bool, "true or false", False),
         rule_overrides=_rule_overrides(
-            alerts.get("rules") if isinstance(alerts := tree.get("alerts"), Mapping) else None,
-            source,
-            problems,
-        ),
-        recipient_order=r.get(
-            "recipients.order", _recipient_order, "label, static_map, directory", RECIPIENT_SOURCES
-        ),
-        email_label=r.get("recipients.email_label", _text, "a label name", "email"),
-        static_map=r.get("recipients.static_map", _optional_path, "a YAML or JSON file path"),
-        directory_url=r.get(
-            "directory.url", _directory_url, "an http(s) URL containing {user_id}"
-        ),
-        directory_email_field=r.get("directory.email_field", _text, "a JSON field name", "email"),
-        directory_timeout=r.get("directory.timeout", _positive_duration, "a duration", 2.0),
-        directory_retries=r.get("directory.retries", _non_negative_int, "a whole number >= 0", 2),
-        directory_cache_ttl=r.get("directory.cache_ttl", parse_duration, "a duration", 300.0),
-        directory_cache_ttl_min=cache_ttl_min,
-        directory_cache_ttl_max=cache_ttl_max,
-        directory_max_stale=r.get("directory.max_stale", parse_duration, "a duration", 3600.0),
-        directory_api_key_header=r.get(
-            "directory.api_key_header", _text, "an HTTP header name", "X-API-Key"
-        ),
+            alerts.get("rules") if isinstance(alerts, Mapping) else None, source, problems),
         directory_token_file=token_file,
         directory_api_key_file=api_key_file,
         directory_oauth=oauth,
-        smtp_url=r.get(
-            "smtp.url", _smtp_url, "smtp://[user:pass@]host[:port][?tls=starttls|tls], smtps://..."
-        ),
-        smtp_from=r.get("smtp.from", _text, "an address like 'Acme <noreply@acme.com>'", ""),
-        smtp_reply_to=r.get("smtp.reply_to", _optional_text, "an address"),
-        smtp_connections=r.get("smtp.connections", _positive_int, "a whole number >= 1", 10),
-        smtp_rate_limit=r.get("smtp.rate_limit", _non_negative_number, "messages/second, 0 = no limit", 0.0),
-        max_attempts=r.get("delivery.max_attempts", _positive_int, "a whole number >= 1", 8),
-        max_age=r.get("delivery.max_age", _positive_duration, "a duration", 86400.0),
-        retry_backoff=r.get("delivery.retry_backoff", _positive_duration, "a duration", 30.0),
-        max_backoff=r.get("delivery.max_backoff", _positive_duration, "a duration", 3600.0),
-        lease=r.get("delivery.lease", _positive_duration, "a duration", 120.0),
-        outbox_dir=r.get("delivery.outbox_dir", _path, "a folder path", Path("var/outbox")),
-        metrics_dir=r.get("metrics.multiproc_dir", _path, "a folder path", Path("var/metrics")),
         source=source,
         raw=tree,
     )

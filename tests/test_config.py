@@ -529,3 +529,26 @@ def test_a_postgresql_url_without_the_driver_stops_with_one_line(tmp_path):
     assert result.stderr.strip() == (
         "Error: database is a PostgreSQL URL but the PostgreSQL driver is not installed: "
         "pip install 'nudge[postgres]'")
+
+
+# --- one declaration per setting ----------------------------------------------------------------
+
+
+def test_every_default_comes_from_the_declaration():
+    from dataclasses import fields
+
+    from app.config import SETTINGS, Config
+
+    config = load_config(environ={})
+    declared = {s.attr for s in SETTINGS if s.attr}
+    combined = {"webhook_basic_auth", "rule_overrides", "directory_token_file",
+                "directory_api_key_file", "directory_oauth", "source", "raw"}
+    assert {f.name for f in fields(Config)} == declared | combined
+    for setting in SETTINGS:
+        if setting.attr:
+            assert getattr(config, setting.attr) == setting.convert(setting.default), setting.key
+
+
+def test_the_body_limit_is_written_once():
+    text = (ROOT / "app" / "config.py").read_text()
+    assert text.count("10 * 1024 * 1024") + text.count("10485760") == 1

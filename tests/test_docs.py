@@ -100,3 +100,37 @@ def test_make_targets_in_the_readme_exist():
     makefile = (ROOT / "Makefile").read_text()
     for target in set(re.findall(r"`make ([a-z][a-z-]+)", README)):
         assert re.search(rf"^{target}:", makefile, re.M), f"make {target} is not a target"
+
+
+# --- settings are declared once (app/config.py SETTINGS) ----------------------------------------
+
+
+def test_the_readme_configuration_table_is_the_declared_one():
+    from app.config import markdown_table
+
+    assert markdown_table() in README, (
+        "README's configuration table differs from app/config.py SETTINGS: replace it with the "
+        "output of: .venv/bin/python -c 'from app.config import markdown_table; "
+        "print(markdown_table())'")
+
+
+@pytest.mark.parametrize("setting", [s for s in __import__("app.config", fromlist=["x"]).SETTINGS
+                                     if s.env], ids=lambda s: s.env)
+def test_every_environment_variable_row_names_its_key(setting):
+    assert re.search(rf"^\| `{setting.env}` \| `{re.escape(setting.key)}`", README, re.M), (
+        f"{setting.env} should be documented as overriding `{setting.key}`")
+
+
+def test_deploy_nudge_yml_comments_every_key():
+    lines, stack = {}, []  # dotted key -> its line; (indent, name) of the enclosing keys
+    for line in (ROOT / "deploy" / "nudge.yml").read_text().splitlines():
+        match = re.match(r"^(\s*)([a-z_]+):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match.group(2)))
+        lines[".".join(name for _, name in stack)] = line
+    for key in flatten(DEFAULTS):
+        assert key in lines and "#" in lines[key], f"deploy/nudge.yml: {key} without a comment"

@@ -57,3 +57,14 @@ def test_no_module_is_named_like_a_standard_library_one():
     shadowing = [path.relative_to(ROOT).as_posix() for path in (ROOT / "app").rglob("*.py")
                  if path.stem in sys.stdlib_module_names]
     assert not shadowing, f"these shadow standard-library modules: {shadowing}"
+
+
+def test_comments_give_reasons_not_benchmark_figures():
+    """A measured figure in a comment goes stale; benchmarks/README.md keeps the figures."""
+    figure = re.compile(r"#.*(\d+(\.\d+)? ?(ms|us|µs)\b|\d+(\.\d+)? ?(×|x (faster|slower))|"
+                        r"measured|benchmarked)", re.IGNORECASE)
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in (ROOT / "app").rglob("*.py")
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if figure.search(line)]
+    assert not found, found
