@@ -18,7 +18,7 @@ import requests
 import yaml
 
 from app.config import DEFAULTS
-from app.store import JournalStats, Store, open_store
+from app.store import JournalStats, Store, is_postgres, open_store
 from benchmarks.smtp_sink import SinkLog
 from demo_api.loop import free_port
 
@@ -314,7 +314,9 @@ class Nudge:
         config = {**config, "server": {**config.get("server", {}),
                                        "bind": f"127.0.0.1:{self.port}"}}
         self.config = config
-        self.database = Path(config["database"])
+        # A SQLite file, or a PostgreSQL URL (benchmark 7)
+        database = config["database"]
+        self.database: Path | str = database if is_postgres(database) else Path(database)
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / f"nudge-{command}.yml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -322,16 +324,21 @@ class Nudge:
         self.process: Process | None = None
         self._store: Store | None = None
 
-    def start(self, timeout: float = 60) -> Nudge:
+    def start(self, timeout: float = 60, wait: bool = True) -> Nudge:
+        """Start the process; for `serve`, wait until it is ready unless `wait` is false (then
+        call wait_ready())."""
         self.process = Process(
             f"nudge {self.command}",
             [PYTHON, "-m", "app.cli", "--config", str(self.config_path), self.command],
             self.workdir / f"nudge-{self.command}.log",
             env=clean_env(NUDGE_LOG_LEVEL=os.environ.get("NUDGE_LOG_LEVEL", "INFO")),
         )
-        if self.command == "serve":
-            wait_until(self._ready, timeout, "nudge serve to be ready")
+        if self.command == "serve" and wait:
+            self.wait_ready(timeout)
         return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_until(self._ready, timeout, f"nudge serve to be ready ({self.url})")
 
     def _ready(self) -> bool:
         return http_ready(self.process, self.url)
@@ -376,13 +383,18 @@ class Nudge:
 
     def stop(self) -> None:
         if self._store is not None:
-            self._store.close()
+            self._store.close_all()
             self._store = None
         if self.process:
             self.process.stop()
 
 
-def count_rows(database: Path, table: str, where: str = "") -> int:
+def count_rows(database: Path | str, table: str, where: str = "") -> int:
+    if is_postgres(database):
+        import psycopg
+
+        with psycopg.connect(str(database), connect_timeout=10) as conn:
+            return conn.execute(f"SELECT COUNT(*) FROM {table} {where}").fetchone()[0]
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
     try:
         return conn.execute(f"SELECT COUNT(*) FROM {table} {where}").fetchone()[0]

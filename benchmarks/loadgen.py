@@ -15,8 +15,10 @@ result counts the connections opened, the `Connection: close` answers and those 
 Modes:
 - throughput: `clients` processes POST as fast as they are answered until `warmup +
   duration` seconds; counts alerts answered 200 within the measured window, and in all
-  (with the time.time() of the last 200).
-- fixed: `posts` payloads in total, spread over `clients` processes; start/end times.
+  (with the time.time() of the last 200). With `urls` instead of `url`, the clients are
+  spread round-robin over those servers (replicas).
+- fixed: `posts` payloads in total, spread over `clients` processes (and over `urls`, as
+  above); start/end times.
 - rate: one alert per POST at a steady `rate` per second, `count` in all, from `clients`
   processes taking turns; returns the time.time() each 200 arrived, per recipient address.
 """
@@ -88,11 +90,18 @@ def _headers(spec: dict) -> dict:
     return headers
 
 
+def _url(spec: dict, client: int) -> str:
+    """The server this client talks to: `url`, or the `urls` of several replicas taken
+    round-robin by client number (client n keeps to urls[n % len(urls)])."""
+    urls = spec.get("urls") or [spec["url"]]
+    return urls[client % len(urls)]
+
+
 def _throughput_client(spec: dict, client: int, start: float, results) -> None:
     per_post = spec["alerts_per_post"]
     template = payloads.template(f"{spec['prefix']}{client}", per_post)
     headers = _headers(spec)
-    conn = _Connection(spec["url"])
+    conn = _Connection(_url(spec, client))
     window_start = start + spec["warmup"]
     window_end = window_start + spec["duration"]
     ok_alerts = posts = errors = total_ok = total_errors = 0
@@ -129,7 +138,7 @@ def _fixed_client(spec: dict, client: int, start: float, results) -> None:
     per_post = spec["alerts_per_post"]
     template = payloads.template(spec["prefix"], per_post)
     headers = _headers(spec)
-    conn = _Connection(spec["url"])
+    conn = _Connection(_url(spec, client))
     ok_alerts = errors = 0
     last_ok = 0.0
     time.sleep(max(0.0, start - time.time()))

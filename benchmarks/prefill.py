@@ -28,7 +28,8 @@ CHUNK = 1000
 
 
 def prefill(config: dict, prefix: str, count: int) -> None:
-    """Queue `count` deliveries (distinct users) in the database of `config`."""
+    """Queue `count` deliveries (distinct users) in the database of `config`: a SQLite file
+    or a PostgreSQL URL."""
     nudge = load_config(data=config, environ={})
     store = open_store(nudge.database)
     store.migrate()
@@ -43,7 +44,7 @@ def prefill(config: dict, prefix: str, count: int) -> None:
                 notification["groupKey"], len(users), 0, json.dumps(notification))])
             decider.decide_all()
     finally:
-        store.close()
+        store.close_all()  # PostgreSQL: the pool's connections too
 
 
 def render_messages(config: dict, prefix: str, count: int) -> list[tuple[str, str, bytes]]:

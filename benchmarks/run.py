@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import alertmanager, burst, delivery, ingest, latency
+from benchmarks import alertmanager, burst, delivery, ingest, latency, replicas
 from benchmarks.harness import ROOT, Result, machine_summary
 from benchmarks.sizes import FULL, QUICK, TINY, Sizes
 
@@ -30,6 +30,7 @@ BENCHMARKS: dict[int, tuple[str, Callable[[int, Sizes, Path], Result]]] = {
     4: ("delivery vs Alertmanager email_configs", alertmanager.run),
     5: ("latency, webhook 200 to SMTP accept", latency.run),
     6: ("burst of distinct users", burst.run),
+    7: ("PostgreSQL: 1 replica vs 3, beside SQLite", replicas.run),
 }
 
 

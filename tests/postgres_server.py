@@ -54,7 +54,10 @@ class PostgresServer:
         return subprocess.run(command, capture_output=True, text=True, check=check,
                               cwd=self.root, timeout=120)
 
-    def init(self) -> PostgresServer:
+    def init(self, durable: bool = False) -> PostgresServer:
+        """initdb the cluster. `durable`: PostgreSQL's own crash-safe settings (fsync,
+        synchronous_commit, full_page_writes on), for benchmarks; by default a test cluster
+        that skips its fsyncs."""
         password_file = self.root / "pwfile"
         password_file.write_text(PASSWORD + "\n")
         if self.as_root:
@@ -64,11 +67,12 @@ class PostgresServer:
                   "--locale=C.UTF-8", "--no-sync")
         password_file.unlink()
         with open(self.data / "postgresql.conf", "a") as conf:
-            # A test cluster: nothing here must survive a power cut, so skip the fsyncs.
             conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
-                       f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                       "synchronous_commit = off\nfull_page_writes = off\n"
+                       f"unix_socket_directories = '{self.root}'\n"
                        "max_connections = 300\nshared_buffers = 64MB\n")
+            if not durable:
+                # A test cluster: nothing here must survive a power cut, so skip the fsyncs.
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
         return self
 
     def start(self) -> PostgresServer:
