@@ -44,6 +44,7 @@ DECIDER_ERROR = "decider_error"
 MAX_NOTIFICATIONS = 200
 MAX_ALERTS = 2000
 IDLE_WAIT = 1.0
+GATHER = 0.01
 
 
 @dataclass
@@ -180,7 +181,10 @@ class Decider:
                         watcher = self.store.watch()
                     report = self.decide_batch()
                     if report is None:
-                        watcher.wait(IDLE_WAIT, stopping)
+                        if watcher.wait(IDLE_WAIT, stopping):
+                            # Woken by an append: let the appends arriving with it gather
+                            # into one batch (with several replicas, every decider wakes).
+                            stopping.wait(GATHER)
                     elif report.queued:
                         on_queued()
                     failures = 0

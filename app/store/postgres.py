@@ -260,19 +260,24 @@ class PostgresStore(Store):
     # -- journal ---------------------------------------------------------------------------
     def append_notifications(self, entries: Sequence[JournalEntry]) -> list[int]:
         with self._transaction("could not store notification") as conn:
-            rows = conn.execute(
-                "INSERT INTO notifications (received_at, receiver, status, group_key, "
-                "alert_count, truncated_alerts, body) "
-                "SELECT a, b, c, d, e, f, g FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-                "%s::int[], %s::int[], %s::text[]) WITH ORDINALITY AS t(a, b, c, d, e, f, g, n) "
-                "ORDER BY n RETURNING id",
-                ([iso(e.received_at) for e in entries], [e.receiver for e in entries],
-                 [e.status for e in entries], [e.group_key for e in entries],
-                 [e.alert_count for e in entries], [e.truncated_alerts for e in entries],
-                 [e.body.decode() if isinstance(e.body, bytes) else e.body for e in entries]),
-            ).fetchall()
+            # One row per statement, pipelined: bodies of hundreds of kilobytes cost far more
+            # to quote inside an array parameter than to send as parameters of their own.
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO notifications (received_at, receiver, status, group_key, "
+                    "alert_count, truncated_alerts, body) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "RETURNING id",
+                    [(iso(e.received_at), e.receiver, e.status, e.group_key, e.alert_count,
+                      e.truncated_alerts, e.body.decode() if isinstance(e.body, bytes) else e.body)
+                     for e in entries],
+                    returning=True)
+                ids = []
+                while True:
+                    ids.append(cursor.fetchone()[0])
+                    if not cursor.nextset():
+                        break
             conn.execute(f"NOTIFY {JOURNAL_CHANNEL}")
-        return sorted(row[0] for row in rows)
+        return ids
 
     def pending_notifications(self, max_notifications: int, max_alerts: int
                               ) -> list[PendingNotification]:
@@ -280,6 +285,8 @@ class PostgresStore(Store):
         # instead of parsing this one too. The claim is only a hint: `deciding` re-checks.
         now = time.time()
         with self._transaction("cannot read the journal") as conn:
+            # Losing this claim in a crash only lets another decider look at the batch sooner.
+            conn.execute("SET LOCAL synchronous_commit = off")
             rows = conn.execute(
                 "WITH candidates AS (SELECT id, alert_count FROM notifications "
                 " WHERE decided_at IS NULL AND (claimed_until IS NULL OR claimed_until < %s) "
@@ -305,6 +312,7 @@ class PostgresStore(Store):
                 "FOR UPDATE SKIP LOCKED", (list(notification_ids),))}
             batch = _PostgresDecisionBatch(conn, claimed)
             yield batch
+            batch.flush()
             if claimed:
                 conn.execute("UPDATE notifications SET decided_at = %s, claimed_until = NULL "
                              "WHERE id = ANY(%s)", (iso(), sorted(claimed)))
@@ -557,6 +565,9 @@ class _PostgresDecisionBatch(DecisionBatch):
         self.conn = conn
         self.claimed = claimed
         self.queued = 0
+        self._ids: list[int] = []
+        self._deliveries: list[tuple] = []
+        self._cooldowns: dict[tuple[str, str], float] = {}
 
     def facts(self, dedup_keys: Iterable[str], pairs: Iterable[tuple[str, str]]) -> Facts:
         pairs = sorted(set(pairs))
@@ -580,25 +591,46 @@ class _PostgresDecisionBatch(DecisionBatch):
                 facts.last_queued[(rule, user_id)] = last
         return facts
 
+    ID_BLOCK = 500
+
     def add_delivery(self, delivery: NewDelivery, now: float) -> int:
+        # Ids from the sequence in blocks; the rows themselves are written in bulk (flush).
+        if not self._ids:
+            self._ids = [row[0] for row in self.conn.execute(
+                "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
+                "FROM generate_series(1, %s)", (self.ID_BLOCK,))]
+            self._ids.reverse()
+        delivery_id = self._ids.pop()
         stamp = iso(now)
-        (delivery_id,) = self.conn.execute(
-            "INSERT INTO deliveries (dedup_key, notification_id, rule, user_id, template, kind, "
-            "status, starts_at, alert, external_url, next_attempt_at, created_at, updated_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s) RETURNING id",
-            (delivery.dedup_key, delivery.notification_id, delivery.rule, delivery.user_id,
-             delivery.template, delivery.kind, delivery.starts_at, delivery.alert_json,
-             delivery.external_url, now, stamp, stamp),
-        ).fetchone()
+        self._deliveries.append((
+            delivery_id, delivery.dedup_key, delivery.notification_id, delivery.rule,
+            delivery.user_id, delivery.template, delivery.kind, "queued", delivery.starts_at,
+            delivery.alert_json, delivery.external_url, now, stamp, stamp))
         if delivery.cooldown is not None:
-            self.conn.execute(
-                "INSERT INTO cooldowns (rule, user_id, last_queued_at) VALUES (%s, %s, %s) "
-                "ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at",
-                (delivery.rule, delivery.user_id, now))
+            self._cooldowns[(delivery.rule, delivery.user_id)] = now
         self.queued += 1
         return delivery_id
 
+    def flush(self) -> None:
+        if self._deliveries:
+            with self.conn.cursor().copy(
+                    "COPY deliveries (id, dedup_key, notification_id, rule, user_id, template, "
+                    "kind, status, starts_at, alert, external_url, next_attempt_at, created_at, "
+                    "updated_at) FROM STDIN") as copy:
+                for row in self._deliveries:
+                    copy.write_row(row)
+            self._deliveries = []
+        if self._cooldowns:
+            items = list(self._cooldowns.items())
+            self.conn.execute(
+                "INSERT INTO cooldowns (rule, user_id, last_queued_at) "
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[]) "
+                "ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at",
+                ([r for (r, _), _ in items], [u for (_, u), _ in items], [t for _, t in items]))
+            self._cooldowns = {}
+
     def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None:
+        self.flush()  # decisions refer to the deliveries
         if not decisions:
             return
         stamp = iso(now)
