@@ -44,7 +44,6 @@ DECIDER_ERROR = "decider_error"
 MAX_NOTIFICATIONS = 200
 MAX_ALERTS = 2000
 IDLE_WAIT = 1.0
-GATHER = 0.01
 
 
 @dataclass
@@ -181,10 +180,10 @@ class Decider:
                         watcher = self.store.watch()
                     report = self.decide_batch()
                     if report is None:
-                        if watcher.wait(IDLE_WAIT, stopping):
+                        if watcher.wait(IDLE_WAIT, stopping) and self.store.decider_gather:
                             # Woken by an append: let the appends arriving with it gather
                             # into one batch (with several replicas, every decider wakes).
-                            stopping.wait(GATHER)
+                            stopping.wait(self.store.decider_gather)
                     elif report.queued:
                         on_queued()
                     failures = 0
