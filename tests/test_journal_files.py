@@ -61,3 +61,25 @@ def test_the_live_writers_file_stays_and_new_records_follow_the_checkpoint(tmp_p
     assert [p.id for p in store.pending_notifications(10, 100)] == second
     assert second[0] > max(first)
     assert journal_names(store.journal_folder) == [name]
+
+
+def test_the_watcher_wakes_on_an_append_that_commits_nothing_to_sqlite(tmp_path):
+    import threading
+
+    from app.store import JournalEntry
+
+    store = open_store(tmp_path / "nudge.db")
+    store.migrate()
+    writer = open_store(tmp_path / "nudge.db")
+    entry = JournalEntry(time.time(), "nudge", "firing", "g", 1, 0, "{}")
+    writer.append_notifications([entry])  # reserves a block of ids: a SQLite commit
+    watcher = store.watch()
+    try:
+        # The file is zero-filled ahead and the ids are reserved: this append changes
+        # neither the file's size nor the database.
+        threading.Timer(0.1, lambda: writer.append_notifications([entry])).start()
+        started = time.monotonic()
+        assert watcher.wait(5) is True
+        assert time.monotonic() - started < 1
+    finally:
+        watcher.close()

@@ -246,3 +246,14 @@ def scan(path: Path, offset: int) -> tuple[int, int, float | None, int]:
             offset += HEADER.size + length
             handle.seek(offset)
     return records, alerts, oldest, offset
+
+
+def record_follows(path: Path, offset: int) -> bool:
+    """Whether a record starts at `offset` (at least its header is written)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            header = handle.read(HEADER.size)
+    except OSError:
+        return False
+    return len(header) == HEADER.size and HEADER.unpack(header)[0] != 0

@@ -804,11 +804,16 @@ class _DataVersionWatcher(ChangeWatcher):
             return None
 
     def _journal_sizes(self) -> tuple:
-        try:
-            return tuple(sorted((e.name, e.stat().st_size)
-                                for e in os.scandir(self.journal_folder)))
-        except OSError:
-            return ()
+        """Where each journal file's records end. Files are zero-filled ahead of their
+        writer, so neither their size nor (at the clock's resolution) their mtime tells of
+        an append: the header just past the last record seen does."""
+        ends = dict(getattr(self, "journal", ()))
+        for name in journal_files.journal_names(self.journal_folder):
+            path = self.journal_folder / name
+            end = ends.get(name)
+            if end is None or journal_files.record_follows(path, end):
+                ends[name] = journal_files.scan(path, end or 0)[3]
+        return tuple(sorted(ends.items()))
 
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         deadline = time.monotonic() + timeout
