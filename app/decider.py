@@ -180,10 +180,7 @@ class Decider:
                         watcher = self.store.watch()
                     report = self.decide_batch()
                     if report is None:
-                        if watcher.wait(IDLE_WAIT, stopping) and self.store.decider_gather:
-                            # Woken by an append: let the appends arriving with it gather
-                            # into one batch (with several replicas, every decider wakes).
-                            stopping.wait(self.store.decider_gather)
+                        watcher.wait(IDLE_WAIT, stopping)
                     elif report.queued:
                         on_queued()
                     failures = 0

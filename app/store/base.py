@@ -179,10 +179,6 @@ class Store(ABC):
     cooldowns and suppressions."""
 
     description: str  # where the data lives, safe to log (no password)
-    # Seconds a decider woken by an append waits for more to arrive before it takes a batch.
-    # Engines whose every append wakes every decider of a fleet need it to keep batches from
-    # shrinking to a few alerts each; a single local decider does not.
-    decider_gather: float = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
     @abstractmethod

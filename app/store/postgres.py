@@ -154,7 +154,6 @@ def pair_lock_key(rule: str, user_id: str) -> int:
 
 
 class PostgresStore(Store):
-    decider_gather = 0.025
     def __init__(self, url: str, *, password_file: str | Path | None = None,
                  pool_size: int = 10):
         self.url = url
