@@ -49,6 +49,7 @@ from app.store.base import (
     StorageUnavailable,
     Store,
 )
+from app.store.listings import Listings
 
 JOURNAL_CHANNEL, QUEUE_CHANNEL = "nudge_journal", "nudge_queue"
 MIGRATION_LOCK = 0x6E75646765  # "nudge": the advisory lock migrations run under
@@ -153,7 +154,9 @@ def pair_lock_key(rule: str, user_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-class PostgresStore(Store):
+class PostgresStore(Listings, Store):
+    PLACEHOLDER = "%s"
+
     def __init__(self, url: str, *, password_file: str | Path | None = None,
                  pool_size: int = 10):
         self.url = url
@@ -449,39 +452,6 @@ class PostgresStore(Store):
             names = [column.name for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    @staticmethod
-    def _filtered(query: str, filters: dict[str, Any], limit: int | None) -> tuple[str, list]:
-        where = [f"{column} = %s" for column, value in filters.items() if value is not None]
-        params = [value for value in filters.values() if value is not None]
-        query += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
-        if limit:
-            query += " LIMIT %s"
-            params.append(int(limit))
-        return query, params
-
-    def list_deliveries(self, *, user: str | None = None, rule: str | None = None,
-                        status: str | None = None, limit: int | None = None
-                        ) -> list[dict[str, Any]]:
-        rows = self._rows(*self._filtered(
-            "SELECT id, created_at, rule, user_id, template, kind, status, attempts, recipient, "
-            "next_attempt_at, last_error, sent_at, starts_at FROM deliveries",
-            {"user_id": user, "rule": rule, "status": status}, limit))
-        for row in rows:
-            row["next_attempt_at"] = iso(row["next_attempt_at"]) if row["status"] == QUEUED else None
-        return rows
-
-    def list_decisions(self, *, user: str | None = None, rule: str | None = None,
-                       limit: int | None = None) -> list[dict[str, Any]]:
-        return self._rows(*self._filtered(
-            "SELECT id, created_at, notification_id, rule, user_id, alert_status, starts_at, "
-            "outcome, reason, detail, delivery_id FROM decisions",
-            {"user_id": user, "rule": rule}, limit))
-
-    def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
-        return self._rows(
-            "SELECT attempt, started_at, finished_at, outcome, recipient, error FROM attempts "
-            "WHERE delivery_id = %s ORDER BY id", [delivery_id])
-
     def fleet_rate_limiter(self, per_second: float) -> RateReservation | None:
         return _FleetRateLimiter(self, per_second)
 
@@ -518,12 +488,6 @@ class PostgresStore(Store):
         with self._transaction("cannot remove the suppression") as conn:
             return conn.execute("DELETE FROM suppressions WHERE user_id = %s AND scope = %s",
                                 (user_id, scope)).rowcount > 0
-
-    def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:
-        if user_id is None:
-            return self._rows("SELECT * FROM suppressions ORDER BY created_at, user_id", [])
-        return self._rows("SELECT * FROM suppressions WHERE user_id = %s "
-                          "ORDER BY created_at, scope", [user_id])
 
     # -- moving an installation ------------------------------------------------------------
     def export_rows(self) -> Iterator[tuple[str, list[str], list[tuple]]]:

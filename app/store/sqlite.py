@@ -42,6 +42,7 @@ from app.store.base import (
     Store,
     chunks,
 )
+from app.store.listings import Listings
 
 BUSY_TIMEOUT_MS = 10_000
 # SQLite allows 999 host parameters per statement in old builds: stay under it.
@@ -225,7 +226,7 @@ def _storage_error(what: str, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"{what}: {exc}")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(Listings, Store):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.description = f"SQLite {self.path}"
@@ -613,39 +614,6 @@ class SQLiteStore(Store):
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    @staticmethod
-    def _filtered(sql: str, filters: dict[str, Any], limit: int | None) -> tuple[str, list]:
-        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
-        params = [value for value in filters.values() if value is not None]
-        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
-        if limit:
-            sql += " LIMIT ?"
-            params.append(int(limit))
-        return sql, params
-
-    def list_deliveries(self, *, user: str | None = None, rule: str | None = None,
-                        status: str | None = None, limit: int | None = None
-                        ) -> list[dict[str, Any]]:
-        rows = self._rows(*self._filtered(
-            "SELECT id, created_at, rule, user_id, template, kind, status, attempts, recipient, "
-            "next_attempt_at, last_error, sent_at, starts_at FROM deliveries",
-            {"user_id": user, "rule": rule, "status": status}, limit))
-        for row in rows:
-            row["next_attempt_at"] = iso(row["next_attempt_at"]) if row["status"] == QUEUED else None
-        return rows
-
-    def list_decisions(self, *, user: str | None = None, rule: str | None = None,
-                       limit: int | None = None) -> list[dict[str, Any]]:
-        return self._rows(*self._filtered(
-            "SELECT id, created_at, notification_id, rule, user_id, alert_status, starts_at, "
-            "outcome, reason, detail, delivery_id FROM decisions",
-            {"user_id": user, "rule": rule}, limit))
-
-    def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
-        return self._rows(
-            "SELECT attempt, started_at, finished_at, outcome, recipient, error FROM attempts "
-            "WHERE delivery_id = ? ORDER BY id", [delivery_id])
-
     # -- suppressions ----------------------------------------------------------------------
     def suppression_scopes(self, user_id: str) -> set[str]:
         with self._read("cannot read suppressions") as conn:
@@ -664,13 +632,6 @@ class SQLiteStore(Store):
             return conn.execute(
                 "DELETE FROM suppressions WHERE user_id = ? AND scope = ?", (user_id, scope)
             ).rowcount > 0
-
-    def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:
-        if user_id is None:
-            return self._rows("SELECT * FROM suppressions ORDER BY created_at", [])
-        return self._rows(
-            "SELECT * FROM suppressions WHERE user_id = ? ORDER BY created_at", [user_id])
-
 
     # -- moving an installation ------------------------------------------------------------
     def export_rows(self) -> Iterator[tuple[str, list[str], list[tuple]]]:

@@ -1,0 +1,61 @@
+"""The read-only listings behind `nudge deliveries|decisions|suppress list`, for every engine.
+
+The statements are plain SQL that SQLite and PostgreSQL both take; only the parameter
+placeholder differs, so an engine supplies `PLACEHOLDER` and `_rows` (run one query, return
+dicts) and inherits the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.clock import iso
+from app.store.base import QUEUED
+
+
+class Listings:
+    PLACEHOLDER = "?"
+
+    def _rows(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _filtered(self, query: str, filters: dict[str, Any], limit: int | None
+                  ) -> tuple[str, list]:
+        mark = self.PLACEHOLDER
+        where = [f"{column} = {mark}" for column, value in filters.items() if value is not None]
+        params = [value for value in filters.values() if value is not None]
+        query += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+        if limit:
+            query += f" LIMIT {mark}"
+            params.append(int(limit))
+        return query, params
+
+    def list_deliveries(self, *, user: str | None = None, rule: str | None = None,
+                        status: str | None = None, limit: int | None = None
+                        ) -> list[dict[str, Any]]:
+        rows = self._rows(*self._filtered(
+            "SELECT id, created_at, rule, user_id, template, kind, status, attempts, recipient, "
+            "next_attempt_at, last_error, sent_at, starts_at FROM deliveries",
+            {"user_id": user, "rule": rule, "status": status}, limit))
+        for row in rows:
+            row["next_attempt_at"] = iso(row["next_attempt_at"]) if row["status"] == QUEUED else None
+        return rows
+
+    def list_decisions(self, *, user: str | None = None, rule: str | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        return self._rows(*self._filtered(
+            "SELECT id, created_at, notification_id, rule, user_id, alert_status, starts_at, "
+            "outcome, reason, detail, delivery_id FROM decisions",
+            {"user_id": user, "rule": rule}, limit))
+
+    def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT attempt, started_at, finished_at, outcome, recipient, error FROM attempts "
+            f"WHERE delivery_id = {self.PLACEHOLDER} ORDER BY id", [delivery_id])
+
+    def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        if user_id is None:
+            return self._rows("SELECT * FROM suppressions ORDER BY created_at, user_id, scope", [])
+        return self._rows(f"SELECT * FROM suppressions WHERE user_id = {self.PLACEHOLDER} "
+                          "ORDER BY created_at, scope", [user_id])
