@@ -177,7 +177,7 @@ class Decider:
             while not stopping.is_set():
                 try:
                     if watcher is None:
-                        watcher = self.store.watch()
+                        watcher = self.store.watch_journal()
                     report = self.decide_batch()
                     if report is None:
                         watcher.wait(IDLE_WAIT, stopping)

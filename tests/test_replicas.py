@@ -225,7 +225,13 @@ def test_postgres_down_for_10s_means_503s_then_every_accepted_alert_sent_once(
     refused = [code for codes in answers.values() for code in codes if code != 200]
     assert refused and set(refused) <= {503, 0}
     counts = recipients(smtp)
-    assert counts == Counter({f"{user}@example.com": 1 for user in accepted})
+    assert set(counts.values()) == {1}, "an email was sent twice"
+    assert {f"{user}@example.com" for user in accepted} <= set(counts), "an accepted alert lost"
+    # A POST whose answer never arrived (code 0) may still have been journaled before the
+    # database went away: its email is expected, like Alertmanager's retry would be a duplicate.
+    unanswered = {f"{user}@example.com" for user, codes in answers.items()
+                  if 0 in codes and 200 not in codes}
+    assert set(counts) - {f"{user}@example.com" for user in accepted} <= unanswered
     outputs = "".join(replica.output for replica in replicas)
     assert "pg-test-secret" not in outputs
 

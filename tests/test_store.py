@@ -220,6 +220,29 @@ def test_the_watcher_wakes_on_a_commit_elsewhere_and_times_out_otherwise(store, 
         watcher.close()
 
 
+
+def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(store, opened):
+    """Every engine wakes a decider promptly after an append, and keeps doing so when one of
+    the deciders goes away (on PostgreSQL the one leading, which alone is woken per append)."""
+    first, second = store.watch_journal(), opened().watch_journal()
+    try:
+        first.wait(0.01)
+        second.wait(0.01)
+        if store.description.startswith("PostgreSQL"):
+            assert (first.leading, second.leading) == (True, False)
+        first.close()
+        appender = opened()
+        for _ in range(3):
+            threading.Timer(0.1, lambda: appender.append_notifications([entry()])).start()
+            started = time.monotonic()
+            assert second.wait(10) is True
+            assert time.monotonic() - started < 2
+        if store.description.startswith("PostgreSQL"):
+            assert second.leading
+    finally:
+        second.close()
+
+
 # --- delivery queue -----------------------------------------------------------------------------
 
 

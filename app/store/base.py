@@ -220,6 +220,12 @@ class Store(ABC):
     @abstractmethod
     def watch(self) -> ChangeWatcher: ...
 
+    def watch_journal(self) -> ChangeWatcher:
+        """The decider's watcher. An engine shared by several deciders may wake only one of
+        them per append while it keeps up (bigger batches, less CPU per alert); the others
+        look now and then, and take over when it goes away."""
+        return self.watch()
+
     # -- delivery queue --------------------------------------------------------------------
     @abstractmethod
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:

@@ -53,6 +53,7 @@ from app.store.listings import Listings
 
 JOURNAL_CHANNEL, QUEUE_CHANNEL = "nudge_journal", "nudge_queue"
 MIGRATION_LOCK = 0x6E75646765  # "nudge": the advisory lock migrations run under
+DECIDER_LEAD_LOCK = 0x6E75646765 + 1  # held by the decider that is woken by every append
 # A decider's claim on a batch of notifications. Deciding takes well under a second; when a
 # decider dies, another takes its batch once this runs out.
 DECIDER_LEASE = 10.0
@@ -335,6 +336,9 @@ class PostgresStore(Listings, Store):
 
     def watch(self) -> ChangeWatcher:
         return _ListenWatcher(self._direct())
+
+    def watch_journal(self) -> ChangeWatcher:
+        return _LeadingJournalWatcher(self._direct())
 
     # -- delivery queue --------------------------------------------------------------------
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
@@ -643,6 +647,50 @@ class _ListenWatcher(ChangeWatcher):
 
     def close(self) -> None:
         self.conn.close()
+
+
+class _LeadingJournalWatcher(_ListenWatcher):
+    """Wakes one decider of the fleet per append, not all of them.
+
+    When every replica's decider woke on every NOTIFY, they split each trickle of one-alert
+    notifications into many tiny transactions. The decider holding a session advisory lock
+    (taken on this LISTEN connection) leads: it wakes on each append and, while it decides a
+    batch, the next appends gather into a bigger one. The others wake every FOLLOW_PERIOD and
+    decide whatever is waiting, so they share the work of a backlog the leader cannot keep up
+    with, and one of them takes the lock as soon as the leader's session ends (a crash drops
+    the connection; a frozen leader only delays decisions by up to FOLLOW_PERIOD).
+    """
+
+    FOLLOW_PERIOD = 0.25
+
+    def __init__(self, conn: psycopg.Connection):
+        super().__init__(conn)
+        self.leading = False
+
+    def _try_to_lead(self) -> None:
+        if not self.leading:
+            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                    (DECIDER_LEAD_LOCK,)).fetchone()
+            self.leading = bool(row and row[0])
+
+    def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
+        try:
+            self._try_to_lead()
+        except (psycopg.Error, OSError) as exc:
+            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
+        if self.leading:
+            return super().wait(timeout, interrupt)
+        # Not leading: look again after the period whatever was appended meanwhile (the leader
+        # has it), so that a backlog is shared without answering every append.
+        period = min(timeout, self.FOLLOW_PERIOD)
+        if interrupt is not None:
+            interrupt.wait(period)
+        else:
+            time.sleep(period)
+        try:
+            return any([True for _ in self.conn.notifies(timeout=0)])
+        except (psycopg.Error, OSError, ValueError) as exc:
+            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
 
 
 class _FleetRateLimiter(RateReservation):
