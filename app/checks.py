@@ -125,6 +125,16 @@ def directory_checks(config: Config, environ: Mapping[str, str]) -> tuple[list[s
     return problems, [f"note: the directory token endpoint issued a token to {oauth.client_id!r}"]
 
 
+def smtp_check_warnings(config: Config) -> list[str]:
+    """A password that would go over the wire unencrypted (the URL says tls=none)."""
+    if not config.smtp_url:
+        return []
+    from app.transports import parse_smtp_url, smtp_warnings
+
+    return [f"warning: {config.source}: {line}"
+            for line in smtp_warnings(parse_smtp_url(config.smtp_url))]
+
+
 def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
                promtool: bool = True) -> CheckReport:
     """Everything `nudge check` reports; `problems` is empty when everything is deployable."""
@@ -134,7 +144,7 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
         config, os.environ if environ is None else environ)
     problems.extend(directory_problems)
     notes.extend(directory_notes)
-    warnings: list[str] = []
+    warnings: list[str] = smtp_check_warnings(config)
     if not config.templates_dir.is_dir():
         problems.append(f"{config.templates_dir}: templates folder not found")
         templates: set[str] = set()

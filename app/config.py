@@ -107,6 +107,7 @@ class Config:
     max_backoff: float
     lease: float
     outbox_dir: Path
+    pause_probe_interval: float
     metrics_dir: Path
     source: str = "defaults"
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -350,6 +351,18 @@ def _smtp_url(value: Any) -> str | None:
     return _text(value)
 
 
+def _address(value: Any) -> str:
+    from app.messages import require_single_address
+
+    text = _text(value)
+    require_single_address(text)
+    return text
+
+
+def _optional_address(value: Any) -> str | None:
+    return None if value in (None, "") else _address(value)
+
+
 def _bind(value: Any) -> str:
     text = _text(str(value))
     host, sep, port = text.rpartition(":")
@@ -470,6 +483,16 @@ def _directory_credentials(
         return token_file, api_key_file, None
     return token_file, api_key_file, DirectoryOAuth(
         token_url, client_id, secret_file, scope, audience, auth_method)
+
+
+def _check_lease(values: Mapping[str, Any], source: str, problems: list[str]) -> None:
+    """A claim must outlast one send, or another worker could send the same email."""
+    from app.transports import lease_problem
+
+    problem = lease_problem(values["delivery.lease"], values["smtp.url"],
+                            values["directory.timeout"] if values["directory.url"] else 0.0)
+    if problem:
+        problems.append(f"{source}: delivery.lease: {problem}")
 
 
 def _token_auth_method(value: Any) -> str:
@@ -605,9 +628,10 @@ SETTINGS: tuple[Setting, ...] = (
        "smtp://[user:pass@]host[:port][?tls=starttls|tls], smtps://...",
        "see [Sending](#sending)", "smtp_url", "NUDGE_SMTP_URL",
        shown_default="*(none: file outbox)*"),
-    _d("smtp.from", "Nudge <nudge@localhost>", _text,
+    _d("smtp.from", "Nudge <nudge@localhost>", _address,
        "an address like 'Acme <noreply@acme.com>'", "From header", "smtp_from"),
-    _d("smtp.reply_to", None, _optional_text, "an address", "Reply-To header", "smtp_reply_to"),
+    _d("smtp.reply_to", None, _optional_address, "an address", "Reply-To header",
+       "smtp_reply_to"),
     _d("smtp.connections", 10, _positive_int, "a whole number >= 1",
        "parallel persistent SMTP connections (each message waits on several round trips to "
        "the relay: more connections keep more messages in flight)", "smtp_connections"),
@@ -623,6 +647,9 @@ SETTINGS: tuple[Setting, ...] = (
        "cap on the retry delay", "max_backoff"),
     _d("delivery.lease", "2m", _positive_duration, "a duration",
        "a delivery claimed by a worker that died is retried after this", "lease"),
+    _d("delivery.pause_probe_interval", "30s", _positive_duration, "a duration",
+       "while sending is [paused](#when-the-setup-is-broken-sending-pauses), one queued "
+       "delivery is tried this often", "pause_probe_interval"),
     _d("delivery.outbox_dir", "var/outbox", _path, "a folder path",
        "where `.eml` files go when no SMTP URL is set", "outbox_dir"),
     _d("metrics.multiproc_dir", "var/metrics", _path, "a folder path",
@@ -691,6 +718,7 @@ def _build(tree: dict, source: str, problems: list[str], environ: Mapping[str, s
         problems.append(f"{source}: directory.cache_ttl_max: must be at least "
                         f"directory.cache_ttl_min ({values['directory.cache_ttl_min']:g}s), "
                         f"got {values['directory.cache_ttl_max']:g}s")
+    _check_lease(values, source, problems)
     alerts = tree.get("alerts")
     return Config(
         **{s.attr: values[s.key] for s in SETTINGS if s.attr},

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import metrics
+from app.circuit import DIRECTORY, RECIPIENT, SETUP, SMTP, SendingGate
 from app.compose import alert_context, compose
 from app.config import Config
 from app.directory import StaticDirectory, directory_from_config
@@ -90,6 +91,8 @@ class Deliverer:
         self.static = StaticDirectory(config.static_map) if config.static_map else None
         self.directory = directory_from_config(config, os.environ) if config.directory_url else None
         self.message_domain = urlsplit(config.public_url).hostname or "nudge.localhost"
+        # Pauses sending while the setup is broken (app/circuit.py).
+        self.gate = SendingGate(config.pause_probe_interval)
 
     def close(self) -> None:
         self.templates.close()
@@ -104,6 +107,10 @@ class Deliverer:
         by default, whether its lease has not run out."""
         labels = delivery.alert.get("labels", {})
         where = f"delivery={delivery.id} rule={delivery.rule} user={delivery.user_id}"
+        if delivery.attempts > self.retry_policy.max_attempts:
+            # Only claims that ended without an outcome (a worker killed mid-send) get here.
+            return self._give_up(delivery, "its earlier attempts ended without an outcome "
+                                 "(worker stopped)", where)
 
         if is_suppressed(self.store.suppression_scopes(delivery.user_id), delivery.rule):
             metrics.EMAILS_SUPPRESSED.labels(delivery.template).inc()
@@ -115,7 +122,12 @@ class Deliverer:
         choice = choose_recipient(
             self.config.recipient_order, labels.get(self.config.email_label), static, directory
         )
+        if directory is not None and directory.source == "fresh":
+            self.gate.worked(DIRECTORY)
         if choice.address is None:
+            setup_outcome = self._directory_setup_check(delivery, directory, where)
+            if setup_outcome is not None:
+                return setup_outcome
             if choice.retry_later:
                 return self._retry(delivery, choice.reason, where)
             return self._fail(delivery, "no_recipient", choice.reason, where)
@@ -160,15 +172,71 @@ class Deliverer:
         try:
             transport.send(message)
         except TransportError as exc:
+            if exc.setup:
+                return self._pause(delivery, exc.setup, str(exc), where)
             if exc.permanent:
                 return self._fail(delivery, "rejected", str(exc), where, choice.address)
             return self._retry(delivery, str(exc), where, choice.address)
         finally:
             metrics.SEND_DURATION.observe(time.perf_counter() - started)
-        metrics.EMAILS_SENT.labels(delivery.template).inc()
-        log.info("%s sent to %s (%s, user data: %s)", where, choice.address, choice.source,
-                 directory.source if directory else "none")
+        try:
+            self.gate.worked(SMTP)
+            metrics.EMAILS_SENT.labels(delivery.template).inc()
+            log.info("%s sent to %s (%s, user data: %s)", where, choice.address, choice.source,
+                     directory.source if directory else "none")
+        except Exception:  # noqa: BLE001 - the email is out: nothing may stop recording it
+            log.exception("%s sent; reporting it failed", where)
         return self._settle(delivery, SENT, recipient=choice.address)
+
+    def unexpected_failure(self, delivery: Delivery, exc: BaseException) -> str:
+        """A bug or an unforeseen answer broke this delivery: it counts as an attempt like
+        any transient failure, so max_attempts and max_age end it (dead) if it persists."""
+        where = f"delivery={delivery.id} rule={delivery.rule} user={delivery.user_id}"
+        detail = " ".join(str(exc).split())[:200]
+        error = f"unexpected error: {type(exc).__name__}" + (f": {detail}" if detail else "")
+        return self._retry(delivery, error, where)
+
+    def _directory_setup_check(self, delivery: Delivery, lookup, where: str) -> str | None:
+        """When the directory is why there is no address: pause if its failure is the setup's
+        (401/403, 404 for every user), keep the delivery waiting if a 404 cannot be blamed on
+        the recipient yet. None: the failure is this delivery's to handle as usual."""
+        if lookup is None or "directory" not in self.config.recipient_order:
+            return None
+        if lookup.source != "not_found" and lookup.status in (401, 403):
+            return self._pause(delivery, "directory_auth",
+                               f"the directory refuses Nudge's credentials: {lookup.error}", where)
+        if lookup.source != "not_found" or self.directory is None:
+            return None
+        verdict = self.gate.directory_not_found(delivery.user_id)
+        if verdict == RECIPIENT:
+            return None
+        # Ask again next time rather than trust the cached 404.
+        self.directory.invalidate(delivery.user_id)
+        if verdict == SETUP:
+            return self._pause(
+                delivery, "directory_not_found",
+                f"the directory answers 404 for every user asked (is directory.url "
+                f"{self.config.directory_url} right?)", where)
+        if time.time() - delivery.created_epoch > self.retry_policy.max_age:
+            return self._fail(delivery, "no_recipient", f"{lookup.error}, and no other user's "
+                              f"answer showed the directory works before max_age", where)
+        log.info("%s: the directory has no such user, but has not shown it works for others "
+                 "yet; asking again in %gs", where, self.gate.probe_interval)
+        self.store.release(delivery, time.time(), retry_at=time.time() + self.gate.probe_interval)
+        return QUEUED
+
+    def _pause(self, delivery: Delivery, reason: str, error: str, where: str) -> str:
+        """The setup is broken: pause sending; this delivery goes back to the queue, its
+        attempt not counted."""
+        self.gate.setup_failed(reason, error)
+        log.warning("%s not sent, sending is paused (%s); it stays queued", where, reason)
+        self.store.release(delivery, time.time(), retry_at=time.time() + self.gate.probe_interval)
+        return QUEUED
+
+    def _give_up(self, delivery: Delivery, error: str, where: str) -> str:
+        metrics.EMAILS_DEAD.labels(delivery.template).inc()
+        log.error("%s dead after %d attempts: %s", where, delivery.attempts, error)
+        return self._settle(delivery, DEAD, error=error)
 
     def _retry(self, delivery: Delivery, error: str, where: str, recipient=None) -> str:
         now = time.time()

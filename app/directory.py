@@ -13,8 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import random
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +50,8 @@ UNUSABLE_IDS = frozenset({"", ".", ".."})
 # An access token is replaced a tenth of its lifetime before it expires, at most this early.
 TOKEN_REFRESH_LEEWAY = 60.0
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# What a Retry-After of more digits than fit any budget is taken to mean (seconds).
+MAX_RETRY_AFTER = 1e12
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class DirectoryLookup:
     email: str | None
     source: str  # fresh | cache | stale | not_found | unavailable | invalid
     error: str | None
+    # The HTTP status behind a not_found or failed answer (404, 401, 403...), when there was
+    # one: a wrong URL or credential shows as the same status for every user (app/circuit.py).
+    status: int | None = None
 
 
 class Directory(Protocol):
@@ -613,7 +620,8 @@ class DirectoryClient:
 
     def _from_cache(self, user_id: str, entry: _Entry) -> DirectoryLookup:
         if entry.record is None:
-            return DirectoryLookup(None, None, "not_found", f"directory has no user {user_id!r}")
+            return DirectoryLookup(None, None, "not_found", f"directory has no user {user_id!r}",
+                                   status=404)
         record = copy.deepcopy(entry.record)
         return DirectoryLookup(record, email_of(record, self.email_field), "cache", None)
 
@@ -645,7 +653,8 @@ class DirectoryClient:
             record = copy.deepcopy(attempt.record)
             return DirectoryLookup(record, email_of(record, self.email_field), "fresh", None)
         if attempt.kind == "not_found":
-            return DirectoryLookup(None, None, "not_found", f"directory has no user {user_id!r}")
+            return DirectoryLookup(None, None, "not_found", f"directory has no user {user_id!r}",
+                                   status=attempt.status)
 
         error = attempt.error or "directory lookup failed"
         if attempts > 1:
@@ -665,7 +674,7 @@ class DirectoryClient:
             return DirectoryLookup(stale, email_of(stale, self.email_field), "stale", error)
         log.warning("directory lookup for %r failed: %s", user_id, error)
         source = "invalid" if attempt.kind == "invalid" else "unavailable"
-        return DirectoryLookup(None, None, source, error)
+        return DirectoryLookup(None, None, source, error, status=attempt.status)
 
     def _store(self, user_id: str, entry: _Entry) -> None:
         with self._lock:
@@ -694,6 +703,8 @@ class DirectoryClient:
                 return attempt, attempts
             retried += 1
             delay = self._retry_delay(retried - 1, attempt.retry_after)
+            if not 0 <= delay <= self.timeout:  # also false for NaN: never reaches sleep()
+                return attempt, attempts
             if time.monotonic() + delay + MIN_ATTEMPT_SECONDS > deadline:
                 return attempt, attempts  # waiting would blow the budget: fall back now
             time.sleep(delay)
@@ -777,20 +788,25 @@ def _classify(status: int, body: bytes, retry_after: float | None) -> _Attempt:
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    """Retry-After as seconds: delta-seconds (digits only) or an HTTP date; None for anything
+    else (`nan`, `inf`, `-1`, `1.5`, garbage), which is ignored as if it were absent."""
     if not value:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    value = value.strip()
+    if re.fullmatch(r"[0-9]+", value):
+        # int() of thousands of digits is slow (and refused past 4300): any long number is
+        # "later than any budget" anyway.
+        return float(value) if len(value) <= 12 else MAX_RETRY_AFTER
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def _is_timeout(exc: requests.RequestException) -> bool:

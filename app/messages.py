@@ -107,6 +107,17 @@ def _reject_line_breaks(name: str, value: str) -> None:
         raise ValueError(f"{name} header must not contain CR or LF characters: {value!r}")
 
 
+def require_single_address(value: str) -> None:
+    """ValueError unless `value` is exactly one valid address (`Name <local@domain>` or
+    `local@domain`): how smtp.from and smtp.reply_to are checked at start-up."""
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"must not contain line breaks, got {value[:80]!r}")
+    try:
+        _require_single_address("From", value)
+    except ValueError:
+        raise ValueError(f"not exactly one valid email address: {value[:80]!r}") from None
+
+
 def _require_single_address(name: str, value: str) -> None:
     try:
         header = email.policy.default.header_factory(name, value)

@@ -81,6 +81,14 @@ TEMPLATES_RELOAD_OK = Gauge(
     "they did not and emails keep using the last version that passed",
     multiprocess_mode="livemax",
 )
+# 1 while the delivery worker has paused sending because the setup is broken (app/circuit.py).
+SENDING_PAUSED = Gauge(
+    "nudge_sending_paused",
+    "1 while sending is paused because the setup is broken, by reason (smtp_sender, smtp_auth, "
+    "smtp_tls, directory_auth, directory_not_found); deliveries wait in the queue meanwhile",
+    ["reason"],
+    multiprocess_mode="livemax",
+)
 TEMPLATE_RELOADS = Counter(
     "nudge_template_reloads",
     "Loads of the templates and rules after a change or SIGHUP, by result (success, failure)",

@@ -21,12 +21,22 @@ DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
 DEFAULT_TIMEOUT = 10.0
 
 
-class TransportError(Exception):
-    """A message could not be handed over; `permanent` means retrying cannot help."""
+# Why sending is paused (app/circuit.py): the setup is wrong, no recipient is to blame.
+SENDER_REJECTED = "smtp_sender"
+AUTH_FAILED = "smtp_auth"
+TLS_FAILED = "smtp_tls"
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+
+class TransportError(Exception):
+    """A message could not be handed over; `permanent` means retrying cannot help.
+
+    `setup` names a failure of the setup, not of this message or its recipient (the relay
+    refuses our sender or login, TLS cannot be had): sending pauses until it works again."""
+
+    def __init__(self, message: str, *, permanent: bool, setup: str | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.setup = setup
 
 
 class Transport(Protocol):
@@ -42,7 +52,10 @@ class Transport(Protocol):
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """Where and how to reach the SMTP server. security is 'plain', 'starttls' or 'tls'."""
+    """Where and how to reach the SMTP server. security is 'plain', 'starttls' or 'tls'.
+
+    `ca_file`: certificates to trust instead of the system's (a private CA, a self-signed
+    relay). `plaintext_login`: the URL explicitly asked to log in without TLS (`tls=none`)."""
 
     host: str
     port: int
@@ -50,12 +63,20 @@ class SmtpSettings:
     username: str | None
     password: str | None = field(repr=False)
     timeout: float
+    ca_file: str | None = None
+    plaintext_login: bool = False
+
+
+TLS_MODES = ("starttls", "tls", "none")
 
 
 def parse_smtp_url(url: str) -> SmtpSettings:
-    """Parse `smtp://[user:pass@]host[:port][?tls=starttls|tls][&timeout=seconds]` or smtps://.
+    """Parse `smtp://[user:pass@]host[:port][?tls=starttls|tls|none][&timeout=seconds]
+    [&tls_ca=file]` or smtps://.
 
-    Raises ValueError with a one-line explanation for anything else.
+    With a user name and password and no `tls=`, STARTTLS is required: a password is never
+    sent in the clear unless the URL says `tls=none`. Raises ValueError with a one-line
+    explanation for anything else.
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("smtp", "smtps"):
@@ -73,34 +94,104 @@ def parse_smtp_url(url: str) -> SmtpSettings:
 
     security = "tls" if parts.scheme == "smtps" else "plain"
     timeout = DEFAULT_TIMEOUT
+    ca_file = None
+    explicit_tls = parts.scheme == "smtps"
     seen: set[str] = set()
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in seen:
             raise ValueError(f"SMTP URL repeats the query parameter {key!r}")
         seen.add(key)
         if key == "tls":
-            if value not in ("starttls", "tls"):
-                raise ValueError(f"SMTP URL: tls must be 'starttls' or 'tls', got {value!r}")
+            if value not in TLS_MODES:
+                raise ValueError(f"SMTP URL: tls must be 'starttls', 'tls' or 'none', "
+                                 f"got {value[:20]!r}")
             if parts.scheme == "smtps" and value != "tls":
-                raise ValueError("SMTP URL: smtps:// is implicit TLS; drop ?tls=starttls")
-            security = value
+                raise ValueError(f"SMTP URL: smtps:// is implicit TLS; drop ?tls={value}")
+            security = "plain" if value == "none" else value
+            explicit_tls = True
         elif key == "timeout":
             timeout = _parse_timeout(value)
+        elif key == "tls_ca":
+            ca_file = _readable_ca_file(value)
         else:
-            raise ValueError(f"SMTP URL: unknown query parameter {key!r} (known: tls, timeout)")
+            raise ValueError(f"SMTP URL: unknown query parameter {key!r} "
+                             f"(known: tls, tls_ca, timeout)")
 
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
     if (username is None) != (password is None) or username == "":
         raise ValueError("SMTP URL: give both a user name and a password, or neither")
+    port = explicit_port or DEFAULT_PORTS[security]
+    if username is not None and not explicit_tls:
+        security = "starttls"  # the port stays the one the URL implies (25)
+    if ca_file is not None and security == "plain":
+        raise ValueError("SMTP URL: tls_ca needs TLS (tls=starttls, tls=tls or smtps://)")
     return SmtpSettings(
         host=parts.hostname,
-        port=explicit_port or DEFAULT_PORTS[security],
+        port=port,
         security=security,
         username=username,
         password=password,
         timeout=timeout,
+        ca_file=ca_file,
+        plaintext_login=username is not None and security == "plain",
     )
+
+
+def _readable_ca_file(value: str) -> str:
+    path = Path(value)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise ValueError(f"SMTP URL: tls_ca file {value!r} not found") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"SMTP URL: tls_ca file {value!r} holds no usable certificate "
+                         f"({exc.__class__.__name__})") from None
+    return str(path)
+
+
+# The exchanges one send on a new connection waits for, each up to the timeout: the greeting,
+# EHLO, MAIL, RCPT, DATA and the end of the data; STARTTLS adds itself and a second EHLO, a
+# login one AUTH.
+BASE_COMMANDS = 6
+
+
+def commands_per_send(settings: SmtpSettings) -> int:
+    """How many replies one send can wait for on a new connection (for the lease check)."""
+    commands = BASE_COMMANDS
+    if settings.security == "starttls":
+        commands += 2
+    if settings.username is not None:
+        commands += 1
+    return commands
+
+
+def lease_problem(lease: float, smtp_url: str | None, directory_budget: float) -> str | None:
+    """Why `lease` is too short for one send (the worst case: every SMTP exchange taking the
+    whole timeout, after a lookup taking the directory's whole budget), or None."""
+    if not smtp_url:
+        commands, timeout = 0, 0.0  # the file outbox: only the directory can be slow
+    else:
+        try:
+            settings = parse_smtp_url(smtp_url)
+        except ValueError:
+            return None  # reported as a problem of smtp.url
+        commands, timeout = commands_per_send(settings), settings.timeout
+    worst = commands * timeout + directory_budget
+    if lease >= worst:
+        return None
+    smtp = f"SMTP timeout {timeout:g}s x {commands} commands" if commands else "no SMTP"
+    return (f"{lease:g}s is shorter than one send can take ({smtp} + directory budget "
+            f"{directory_budget:g}s = {worst:g}s): raise it to at least {worst:g}s, or lower "
+            f"the timeout (smtp.url ?timeout=, directory.timeout)")
+
+
+def smtp_warnings(settings: SmtpSettings) -> list[str]:
+    """What start-up should warn about: a password that goes over the wire in clear text."""
+    if settings.plaintext_login:
+        return [f"smtp.url says tls=none: the SMTP password for {settings.username!r} is sent to "
+                f"{settings.host}:{settings.port} without encryption"]
+    return []
 
 
 def _parse_timeout(value: str) -> float:
@@ -202,7 +293,7 @@ class SmtpTransport:
             # Loading the CA store costs tens of milliseconds: once per transport, not per
             # connection, and never for plain SMTP.
             if self._ssl_context is None:
-                self._ssl_context = ssl.create_default_context()
+                self._ssl_context = ssl.create_default_context(cafile=settings.ca_file)
             context = self._ssl_context
         client: _SMTP | _SMTPS
         try:
@@ -225,16 +316,19 @@ class SmtpTransport:
                 )
         except (smtplib.SMTPException, OSError) as exc:
             raise self._connect_failure(exc) from exc
+        stage = "ehlo"
         try:
             client.ehlo()
             if settings.security == "starttls":
+                stage = "starttls"
                 client.starttls(context=context)
                 client.ehlo()
             if settings.username is not None:
+                stage = "login"
                 client.login(settings.username, settings.password or "")
         except (smtplib.SMTPException, OSError) as exc:
             client.close()
-            raise self._connect_failure(exc) from exc
+            raise self._connect_failure(exc, stage) from exc
         except BaseException:
             client.close()
             raise
@@ -266,20 +360,44 @@ class SmtpTransport:
         if not permanent or self._client is None or self._client.sock is None:
             self._discard()
         hint = " (authentication required)" if code == 530 else ""
+        # The envelope sender is ours, the same for every message: refusing it (or asking for
+        # a login we do not give) is the setup's fault, not this recipient's.
+        setup = None
+        if code == 530:
+            setup = AUTH_FAILED
+        elif permanent and isinstance(exc, smtplib.SMTPSenderRefused):
+            setup = SENDER_REJECTED
         return TransportError(
-            f"SMTP {code} from {self._where}: {text}{hint}", permanent=permanent
+            f"SMTP {code} from {self._where}: {text}{hint}", permanent=permanent and not setup,
+            setup=setup,
         )
 
-    def _connect_failure(self, exc: BaseException) -> TransportError:
-        """Errors while connecting, securing or logging in: all transient (config or outage)."""
+    def _connect_failure(self, exc: BaseException, stage: str = "connect") -> TransportError:
+        """Errors while connecting, securing or logging in: an outage (transient), or the
+        setup (login refused, no STARTTLS, an untrusted certificate), which pauses sending."""
         if isinstance(exc, smtplib.SMTPAuthenticationError):
             code, text = _smtp_reply(exc)
             return TransportError(
-                f"SMTP authentication failed at {self._where}: {code} {text}", permanent=False
+                f"SMTP authentication failed at {self._where}: {code} {text}", permanent=False,
+                setup=AUTH_FAILED if code is not None and 500 <= code < 600 else None,
             )
+        if isinstance(exc, smtplib.SMTPNotSupportedError) and stage == "starttls":
+            return TransportError(
+                f"SMTP server {self._where} does not offer STARTTLS, which a login requires "
+                f"(add tls=none to the URL to send the password unencrypted)",
+                permanent=False, setup=TLS_FAILED)
+        if stage == "login" and not isinstance(exc, smtplib.SMTPResponseException | OSError):
+            # No AUTH offered, or none of its mechanisms is one smtplib speaks.
+            return TransportError(f"SMTP login at {self._where} impossible: {exc}",
+                                  permanent=False, setup=AUTH_FAILED)
         code, text = _smtp_reply(exc)
         if code is not None:
             return TransportError(f"SMTP {code} from {self._where}: {text}", permanent=False)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return TransportError(
+                f"TLS certificate of {self._where} not trusted: {exc.verify_message} (to trust "
+                f"a private CA, add tls_ca=/path/ca.pem to smtp.url)", permanent=False,
+                setup=TLS_FAILED)
         if isinstance(exc, ssl.SSLError):
             return TransportError(
                 f"TLS handshake with {self._where} failed: {exc}", permanent=False

@@ -16,13 +16,14 @@ import queue
 import threading
 import time
 
+from app.circuit import HOLD
 from app.config import Config
 from app.decider import Decider
 from app.delivery import Deliverer
 from app.policy import AlertPolicy
 from app.redact import redact_url
 from app.store import Delivery, StorageError, store_for
-from app.transports import transport_factory
+from app.transports import parse_smtp_url, smtp_warnings, transport_factory
 
 log = logging.getLogger("nudge.worker")
 
@@ -104,6 +105,9 @@ class DeliveryWorker:
         """Run until stop() is called; returns once in-flight messages are finished."""
         target = self.config.smtp_url and redact_url(self.config.smtp_url) or self.config.outbox_dir
         log.info("delivery worker started: %d sender(s), sending via %s", self.senders, target)
+        for warning in smtp_warnings(parse_smtp_url(self.config.smtp_url)) \
+                if self.config.smtp_url else []:
+            log.warning("%s", warning)
         self.threads = [
             threading.Thread(target=self._send_loop, name=f"sender-{n}", daemon=True)
             for n in range(self.senders)
@@ -141,11 +145,17 @@ class DeliveryWorker:
                         log.error("cannot watch the database, retrying: %s", exc)
                         self.stopping.wait(1.0)
                         continue
+                # While sending is paused, claim only the periodic probe.
+                allowed = self.deliverer.gate.claimable()
+                if allowed == 0:
+                    self.stopping.wait(min(MAX_IDLE_SLEEP, self.deliverer.gate.seconds_to_probe()
+                                           or MAX_IDLE_SLEEP))
+                    continue
                 # Claim only for free senders: block until one finishes (no spinning).
                 if not self.slots.acquire(timeout=MAX_IDLE_SLEEP):
                     continue
                 free = 1
-                while self.slots.acquire(blocking=False):
+                while (allowed is None or free < allowed) and self.slots.acquire(blocking=False):
                     free += 1
                 self.new_work.clear()
                 claimed: list[Delivery] = []
@@ -194,8 +204,10 @@ class DeliveryWorker:
                 delivery = self.work.get()
                 if delivery is None:
                     return
+                gate = self.deliverer.gate
                 try:
-                    if self.stopping.is_set():
+                    if self.stopping.is_set() or gate.admit(delivery.id) == HOLD:
+                        # Shutting down, or sending paused: back to the queue, uncounted.
                         self.store.release(delivery, time.time())
                         continue
                     self.deliverer.deliver(
@@ -205,18 +217,26 @@ class DeliveryWorker:
                     # this delivery back once the database answers again.
                     log.warning("delivery=%d not sent, the database is unavailable: %s",
                                 delivery.id, exc)
-                except Exception:
-                    # A bug must not stop the other deliveries; the lease brings this one back.
-                    log.exception("unexpected error delivering %d; it will be retried after "
-                                  "its lease expires", delivery.id)
+                except Exception as exc:
+                    # A bug or an unforeseen answer must neither stop the other deliveries nor
+                    # bring this one back forever: it is an attempt like any other failure.
+                    log.exception("unexpected error delivering %d", delivery.id)
                     _close_quietly(transport)
                     transport = self.new_transport()
+                    self._record_unexpected(delivery, exc)
                 finally:
+                    gate.finished(delivery.id)
                     self.leases.drop(delivery)
                     self.slots.release()
         finally:
             _close_quietly(transport)
             self.store.close()
+
+    def _record_unexpected(self, delivery: Delivery, exc: Exception) -> None:
+        try:
+            self.deliverer.unexpected_failure(delivery, exc)
+        except Exception:  # noqa: BLE001 - then the lease brings it back, as a last resort
+            log.exception("delivery=%d: cannot record its unexpected error either", delivery.id)
 
     def _drain(self) -> None:
         for _ in self.threads:

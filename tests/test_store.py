@@ -302,6 +302,19 @@ def test_release_gives_the_delivery_back_untouched(store):
     assert len(store.list_attempts(again.id)) == 1
 
 
+def test_release_with_retry_at_gives_it_back_uncounted_and_not_due_before_then(store):
+    queue_one(store)
+    now = time.time()
+    (claimed,) = store.claim_due(now, lease=60, limit=1)
+    store.release(claimed, now, retry_at=now + 30)
+    assert store.list_deliveries()[0]["status"] == "queued"
+    assert store.next_due_at() == pytest.approx(now + 30)
+    assert store.claim_due(now + 29, lease=60) == []
+    (again,) = store.claim_due(now + 31, lease=60)
+    assert again.attempts == 1
+    assert len(store.list_attempts(again.id)) == 1
+
+
 def test_queue_stats_and_an_idle_queue(store):
     assert store.next_due_at() is None
     assert store.queue_stats(time.time()).depth == 0

@@ -20,6 +20,7 @@ from app.transports import (
     SmtpTransport,
     TransportError,
     parse_smtp_url,
+    smtp_warnings,
     transport_factory,
 )
 from tests.smtp_servers import (
@@ -220,25 +221,28 @@ def test_never_resends_when_connection_drops_after_the_message_was_sent():
 
 
 @pytest.mark.parametrize(
-    "stage, code, text, permanent",
+    "stage, code, text, permanent, setup",
     [
-        ("MAIL", 451, "4.3.0 try again later", False),
-        ("RCPT", 450, "4.2.1 mailbox busy", False),
-        ("RCPT", 452, "4.5.3 too many recipients", False),
-        ("DATA", 451, "4.7.1 greylisted", False),
-        ("MAIL", 553, "5.7.1 sender not allowed", True),
-        ("RCPT", 550, "5.1.1 user unknown", True),
-        ("DATA", 554, "5.6.0 message rejected", True),
+        ("MAIL", 451, "4.3.0 try again later", False, None),
+        ("RCPT", 450, "4.2.1 mailbox busy", False, None),
+        ("RCPT", 452, "4.5.3 too many recipients", False, None),
+        ("DATA", 451, "4.7.1 greylisted", False, None),
+        # Our envelope sender is refused: the setup's fault, for every message alike.
+        ("MAIL", 553, "5.7.1 sender not allowed", False, "smtp_sender"),
+        ("MAIL", 530, "5.7.0 Authentication required", False, "smtp_auth"),
+        # Only these are this recipient's (or this message's) fault.
+        ("RCPT", 550, "5.1.1 user unknown", True, None),
+        ("DATA", 554, "5.6.0 message rejected", True, None),
     ],
 )
-def test_smtp_replies_are_classified(stage, code, text, permanent):
+def test_smtp_replies_are_classified_by_whose_fault_they_are(stage, code, text, permanent, setup):
     with RejectingServer(code, text, stage=stage) as server:
         transport = SmtpTransport(plain(server))
 
         error = send_expecting_error(transport, make_message())
 
-        assert error.permanent is permanent
-        assert str(error) == f"SMTP {code} from 127.0.0.1:{server.port}: {text}"
+        assert (error.permanent, error.setup) == (permanent, setup)
+        assert str(error).startswith(f"SMTP {code} from 127.0.0.1:{server.port}: {text}")
         assert server.messages == []
         transport.close()
 
@@ -376,7 +380,12 @@ def test_slow_server_helper_delays_every_command():
         ),
         ("smtps://mail.example.com", ("mail.example.com", 465, "tls", None, None, 10.0)),
         ("smtp://mail.example.com?tls=tls", ("mail.example.com", 465, "tls", None, None, 10.0)),
-        ("smtp://a%2Bb%40x:pw@[::1]:25", ("::1", 25, "plain", "a+b@x", "pw", 10.0)),
+        # A password is never sent in the clear unless the URL says so.
+        ("smtp://a%2Bb%40x:pw@[::1]:25", ("::1", 25, "starttls", "a+b@x", "pw", 10.0)),
+        ("smtp://u:pw@mail.example.com", ("mail.example.com", 25, "starttls", "u", "pw", 10.0)),
+        ("smtp://u:pw@mail.example.com?tls=none",
+         ("mail.example.com", 25, "plain", "u", "pw", 10.0)),
+        ("smtp://mail.example.com?tls=none", ("mail.example.com", 25, "plain", None, None, 10.0)),
     ],
 )
 def test_parse_smtp_url(url, expected):
@@ -400,11 +409,28 @@ def test_parse_smtp_url(url, expected):
         ("smtps://mail.example.com?tls=starttls", "implicit TLS"),
         ("smtp://user@mail.example.com", "password"),
         ("smtp://mail.example.com/path", "path"),
+        ("smtps://mail.example.com?tls=none", "implicit TLS"),
+        ("smtp://mail.example.com?tls=starttls&tls_ca=/nonexistent/ca.pem", "not found"),
+        (f"smtp://mail.example.com?tls=starttls&tls_ca={__file__}", "no usable certificate"),
     ],
 )
 def test_parse_smtp_url_rejects(url, complaint):
     with pytest.raises(ValueError, match=complaint):
         parse_smtp_url(url)
+
+
+def test_a_ca_file_needs_tls(certificate):
+    with pytest.raises(ValueError, match="tls_ca needs TLS"):
+        parse_smtp_url(f"smtp://u:p@mail.example.com?tls=none&tls_ca={certificate.cert_path}")
+    settings = parse_smtp_url(f"smtp://u:p@mail.example.com?tls_ca={certificate.cert_path}")
+    assert (settings.security, settings.ca_file) == ("starttls", str(certificate.cert_path))
+
+
+def test_only_an_explicit_tls_none_logs_in_unencrypted_and_it_is_warned_about():
+    assert smtp_warnings(parse_smtp_url("smtp://u:pw@mail.example.com")) == []
+    assert smtp_warnings(parse_smtp_url("smtp://mail.example.com?tls=none")) == []
+    (warning,) = smtp_warnings(parse_smtp_url("smtp://u:pw@mail.example.com?tls=none"))
+    assert "without encryption" in warning and "pw" not in warning.replace("'u'", "")
 
 
 def test_errors_and_repr_do_not_reveal_the_password():

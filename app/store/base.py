@@ -239,8 +239,9 @@ class Store(ABC):
         the delivery (the outcome is then only in the attempt log)."""
 
     @abstractmethod
-    def release(self, delivery: Delivery, now: float) -> None:
-        """Give back a claimed delivery untouched (shutting down before sending it)."""
+    def release(self, delivery: Delivery, now: float, retry_at: float | None = None) -> None:
+        """Give back a claimed delivery untouched, its attempt not counted (shutting down
+        before sending it, or sending paused); with `retry_at`, not due before then."""
 
     @abstractmethod
     def renew_leases(self, deliveries: Sequence[Delivery], until: float) -> set[int]:

@@ -409,13 +409,14 @@ class PostgresStore(Listings, Store):
                 conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
         return bool(current)
 
-    def release(self, delivery: Delivery, now: float) -> None:
+    def release(self, delivery: Delivery, now: float, retry_at: float | None = None) -> None:
         with self._transaction("cannot release a delivery") as conn:
             released = conn.execute(
                 "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim = NULL, "
-                "attempts = attempts - 1, updated_at = %s "
+                "attempts = attempts - 1, updated_at = %s, "
+                "next_attempt_at = COALESCE(%s, next_attempt_at) "
                 "WHERE id = %s AND status = 'sending' AND claim = %s",
-                (iso(now), delivery.id, delivery.attempt_id)).rowcount
+                (iso(now), retry_at, delivery.id, delivery.attempt_id)).rowcount
             if released:
                 conn.execute("DELETE FROM attempts WHERE id = %s", (delivery.attempt_id,))
                 conn.execute(f"NOTIFY {QUEUE_CHANNEL}")

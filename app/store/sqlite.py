@@ -567,13 +567,14 @@ class SQLiteStore(Listings, Store):
                 )
         return bool(current)
 
-    def release(self, delivery: Delivery, now: float) -> None:
+    def release(self, delivery: Delivery, now: float, retry_at: float | None = None) -> None:
         with self._write("cannot release a delivery") as conn:
             released = conn.execute(
                 "UPDATE deliveries SET status = 'queued', lease_until = NULL, claim = NULL, "
-                "attempts = attempts - 1, updated_at = ? "
+                "attempts = attempts - 1, updated_at = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at) "
                 "WHERE id = ? AND status = 'sending' AND claim = ?",
-                (iso(now), delivery.id, delivery.attempt_id),
+                (iso(now), retry_at, delivery.id, delivery.attempt_id),
             ).rowcount
             if released:
                 conn.execute("DELETE FROM attempts WHERE id = ?", (delivery.attempt_id,))
