@@ -625,7 +625,7 @@ SETTINGS: tuple[Setting, ...] = (
        "how the client authenticates to the token endpoint: HTTP Basic, or "
        "`client_secret_post` (in the form)"),
     _d("smtp.url", None, _smtp_url,
-       "smtp://[user:pass@]host[:port][?tls=starttls|tls], smtps://...",
+       "smtp://[user:pass@]host[:port][?tls=starttls|tls|none][&tls_ca=FILE], smtps://...",
        "see [Sending](#sending)", "smtp_url", "NUDGE_SMTP_URL",
        shown_default="*(none: file outbox)*"),
     _d("smtp.from", "Nudge <nudge@localhost>", _address,

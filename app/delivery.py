@@ -229,7 +229,7 @@ class Deliverer:
         """The setup is broken: pause sending; this delivery goes back to the queue, its
         attempt not counted."""
         self.gate.setup_failed(reason, error)
-        log.warning("%s not sent, sending is paused (%s); it stays queued", where, reason)
+        log.info("%s not sent, sending is paused (%s); it stays queued", where, reason)
         self.store.release(delivery, time.time(), retry_at=time.time() + self.gate.probe_interval)
         return QUEUED
 

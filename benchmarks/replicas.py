@@ -155,6 +155,9 @@ def start_fleet(folder: Path, database: str | Path, smtp_url: str, replicas: int
         sub.mkdir(parents=True)
         config = nudge_config(sub, smtp_url=smtp_url, connections=CONNECTIONS // replicas)
         config["database"] = str(database)
+        if smtp_url.endswith(f"timeout={HELD_OFF:g}"):
+            # Start-up refuses a lease shorter than one send can take at the URL's timeout.
+            config["delivery"]["lease"] = f"{7 * HELD_OFF:g}s"
         fleet.append(Nudge(sub, config, command=command))
     try:
         for nudge in fleet:

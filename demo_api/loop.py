@@ -153,7 +153,8 @@ class Loop:
                           "client_id": DIRECTORY_CLIENT_ID,
                           "client_secret_file": str(self.client_secret_file)},
             },
-            "smtp": {"url": f"smtp://127.0.0.1:{self.mail.port}",
+            # Timeout x commands + the directory's budget must fit the 10 s lease.
+            "smtp": {"url": f"smtp://127.0.0.1:{self.mail.port}?timeout=1",
                      "from": "Acme API <hello@acme.example>", "connections": 2},
             "delivery": {"retry_backoff": "1s", "max_backoff": "5s", "lease": "10s",
                          "outbox_dir": str(self.workdir / "outbox")},

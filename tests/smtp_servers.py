@@ -284,6 +284,11 @@ class RejectingServer(RecordingServer):
         with self._changed:
             return self._rejected
 
+    def heal(self) -> None:
+        """Stop rejecting from now on (the operator fixed the relay's setup)."""
+        with self._changed:
+            self.times = self._rejected
+
     async def _intercept(self, stage: str, protocol: "_Protocol") -> str | None:
         with self._changed:
             if stage != self.stage:

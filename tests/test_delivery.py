@@ -51,7 +51,8 @@ def merged(base: dict, extra: dict) -> dict:
 
 def build_config(config_data: dict, **sections) -> Config:
     """config_data plus overrides, with fast retries unless the test says otherwise."""
-    data = merged(config_data, {"delivery": {"retry_backoff": "0.05s"}})
+    data = merged(config_data, {"delivery": {"retry_backoff": "0.05s",
+                                             "pause_probe_interval": "0.2s"}})
     return load_config(data=merged(data, sections), environ={})
 
 
@@ -553,12 +554,14 @@ def queue_one(config_data: dict, smtp_url: str, **delivery) -> Config:
 
 
 def test_worker_killed_mid_send_loses_nothing(tmp_path, config_data):
-    with SlowServer(latency=2.0) as slow, RecordingServer() as good:
+    with SlowServer(latency=0.5) as slow, RecordingServer() as good:
         # The lease stamped on the claim must outlast spotting the send and killing the
-        # worker (else it re-claims its own delivery), but not the test: 4 s.
-        config = queue_one(config_data, slow.url, lease="4s")
+        # worker (else it re-claims its own delivery), but not the test: 6 s. It must also
+        # outlast one send at the URL's timeout (6 commands x 0.9 s), or the worker refuses it.
+        slow_url = slow.url + "?timeout=0.9"
+        config = queue_one(config_data, slow_url, lease="6s")
         first = NudgeProcess(tmp_path, merged(config_data, {
-            "smtp": {"url": slow.url}, "delivery": {"lease": "4s"}}), command=("worker",)).start()
+            "smtp": {"url": slow_url}, "delivery": {"lease": "6s"}}), command=("worker",)).start()
         try:
             wait_until(lambda: deliveries(config)[0]["status"] == "sending" and slow.connections >= 1,
                        timeout=30, message=f"a send in flight; log:\n{first.output}")
@@ -568,7 +571,8 @@ def test_worker_killed_mid_send_loses_nothing(tmp_path, config_data):
         assert outcomes(config, 1) == ["sending"]
 
         second = NudgeProcess(tmp_path, merged(config_data, {
-            "smtp": {"url": good.url}, "delivery": {"lease": "1s"}}), command=("worker",)).start()
+            "smtp": {"url": good.url + "?timeout=0.3"}, "delivery": {"lease": "2s"}}),
+            command=("worker",)).start()
         try:
             (delivery,) = wait_for_statuses(config, {1: "sent"}, timeout=45)
             (received,) = good.wait_for(1, timeout=30)

@@ -49,7 +49,8 @@ def replica_config(tmp_path, database: str, smtp_url: str, n: int, **sections) -
         "templates_dir": str(ROOT / "email_templates"),
         "public_url": "https://nudge.example.com",
         "webhook": {"token": TOKEN},
-        "smtp": {"url": smtp_url, "connections": 4},
+        # A 0.5 s SMTP timeout: one send (6 commands) fits the 3 s lease, as start-up requires.
+        "smtp": {"url": smtp_url + "?timeout=0.5", "connections": 4},
         "delivery": {"outbox_dir": str(tmp_path / f"outbox{n}"), "lease": "3s",
                      "retry_backoff": "0.2s"},
         "metrics": {"multiproc_dir": str(tmp_path / f"metrics{n}")},
