@@ -8,8 +8,8 @@ Real parts: a SQLite file, an aiosmtpd relay, an HTTP directory answering `Retry
 from __future__ import annotations
 
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 

@@ -15,6 +15,7 @@ import time
 import pytest
 import yaml
 
+from app import create_app
 from app.config import ConfigError, load_config
 from tests.processes import wait_until
 from tests.smtp_servers import SlowServer
@@ -23,6 +24,9 @@ from tests.test_delivery import (
     attempt_log,
     build_config,
     deliveries,
+    make_alert,
+    make_payload,
+    post,
     queue_one,
     wait_for_statuses,
 )
@@ -101,3 +105,19 @@ def test_nudge_worker_refuses_to_start_with_a_too_short_lease(tmp_path, config_d
                              "worker"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "delivery.lease: 20s is shorter than one send can take" in result.stderr
+
+
+def test_leases_are_renewed_while_a_send_waits_so_nothing_is_claimed_twice(config_data):
+    """Four claims at once, one send per second allowed, a 1 s lease: the last waits 3 s."""
+    config = build_config(config_data, smtp={"rate_limit": 1},
+                          delivery={"lease": "1s"})  # the file outbox: no SMTP timeout
+    client = create_app(config).test_client()
+    users = ("u1", "u2", "u3", "u4")
+    post(client, make_payload(*(make_alert(u, labels={"email": f"{u}@example.com"})
+                                for u in users)))
+    with RunningWorker(config):
+        rows = wait_for_statuses(config, {n: "sent" for n in range(1, 5)}, timeout=30)
+
+    assert [row["attempts"] for row in rows] == [1, 1, 1, 1]
+    assert all([a["outcome"] for a in attempt_log(config, row["id"])] == ["sent"] for row in rows)
+    assert len(list(config.outbox_dir.glob("*.eml"))) == 4

@@ -8,9 +8,11 @@ directory that answers 404 (or 401) for everyone, and the delivery worker in a t
 from __future__ import annotations
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 from app import create_app
+from app.config import ConfigError, load_config
 from tests.directory_server import DirectoryServer
 from tests.processes import wait_until
 from tests.smtp_servers import RecordingServer, RejectingServer, StartTlsServer, generate_certificate
@@ -163,3 +165,30 @@ def test_a_recipient_refused_at_rcpt_fails_only_that_delivery_and_never_pauses(c
                 row["status"] in ("sent", "failed") for row in r) and r, timeout=20)
     assert sorted(row["status"] for row in rows) == ["failed", "sent", "sent"]
     assert paused_gauge("smtp_sender") == 0
+
+
+# -- a From or Reply-To that no message could carry is refused before anything is queued ------
+
+
+@pytest.mark.parametrize("key, value", [
+    ("from", "nudge@"), ("from", "Acme noreply@acme.com"), ("from", "a@example.com, b@example.com"),
+    ("reply_to", "support"), ("reply_to", "a@example.com\r\nBcc: x@example.com"),
+])
+def test_an_invalid_from_or_reply_to_is_refused_at_start_up(config_data, key, value):
+    with pytest.raises(ConfigError) as caught:
+        load_config(data={**config_data, "smtp": {key: value}}, environ={})
+    (line,) = caught.value.problems
+    assert line.startswith(f"defaults: smtp.{key}: ")
+    assert "valid email address" in line or "line breaks" in line
+
+
+def test_nudge_check_reports_an_invalid_from_in_one_line(runner, config_file, config_data):
+    config_data["smtp"] = {"from": "Acme <noreply@>"}
+    config_file.write_text(yaml.safe_dump(config_data))
+
+    result = runner("check", "--no-promtool")
+
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if "smtp.from" in line]
+    assert len(lines) == 1, result.output
+    assert "not exactly one valid email address: 'Acme <noreply@>'" in lines[0]
