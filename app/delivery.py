@@ -175,6 +175,8 @@ class Deliverer:
             if exc.setup:
                 return self._pause(delivery, exc.setup, str(exc), where)
             if exc.permanent:
+                # Refused for this recipient or message: the relay took our sender and login.
+                self.gate.worked(SMTP)
                 return self._fail(delivery, "rejected", str(exc), where, choice.address)
             return self._retry(delivery, str(exc), where, choice.address)
         finally:
