@@ -208,17 +208,24 @@ class SnapshotLoader(jinja2.BaseLoader):
         return sorted(self.sources)
 
 
-def build_environment(templates_dir: str | Path) -> jinja2.Environment:
-    """Jinja2 environment for the email templates in `templates_dir`, as they are now.
+class EmailEnvironment(jinja2.Environment):
+    """The environment of the subject and the text body, which escapes nothing; `html` is its
+    twin for the HTML body, which escapes everything it renders.
 
-    The files are read once (SnapshotLoader) and each template is compiled once, on first
-    use; later edits need a new environment (app/template_set.py reloads)."""
-    env = jinja2.Environment(
-        loader=SnapshotLoader(templates_dir),
+    Jinja decides autoescaping when it compiles a template, by that template's own name, so
+    within one environment a `.txt` or `.j2` partial included into `body.html` would output
+    label values unescaped. Each part is therefore rendered in an environment of its own,
+    where every template it includes, imports or extends is compiled the part's way."""
+
+    html: jinja2.Environment
+
+
+def _environment(cls: type[jinja2.Environment], loader: jinja2.BaseLoader, *,
+                 autoescape: bool) -> jinja2.Environment:
+    env = cls(
+        loader=loader,
         undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("html",), default_for_string=False, default=False
-        ),
+        autoescape=autoescape,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -227,6 +234,23 @@ def build_environment(templates_dir: str | Path) -> jinja2.Environment:
     )
     env.filters.update(FILTERS)
     return env
+
+
+def build_environment(templates_dir: str | Path) -> EmailEnvironment:
+    """Jinja2 environments for the email templates in `templates_dir`, as they are now.
+
+    The files are read once (SnapshotLoader) and each template is compiled once per
+    environment, on first use; later edits need a new environment (app/template_set.py
+    reloads). The text environment is returned; its `html` twin shares the same files."""
+    loader = SnapshotLoader(templates_dir)
+    env = _environment(EmailEnvironment, loader, autoescape=False)
+    env.html = _environment(jinja2.Environment, loader, autoescape=True)
+    return env
+
+
+def html_environment(env: jinja2.Environment) -> jinja2.Environment:
+    """Where the HTML part renders: the escaping twin of an EmailEnvironment."""
+    return getattr(env, "html", env)
 
 
 def _is_template_dir(path: Path) -> bool:
@@ -333,7 +357,7 @@ def _compiled_email(env: jinja2.Environment, template: str, resolved: bool) -> _
     text = _load(env, f"{template}/{prefix}{TEXT_BODY}")
     if text is None:
         raise TemplateError(f"{template}/{prefix}{TEXT_BODY}", None, "file not found")
-    html = _load(env, f"{template}/{prefix}{HTML_BODY}")
+    html = _load(html_environment(env), f"{template}/{prefix}{HTML_BODY}")
     compiled = _CompiledEmail(subject, text, html)
     per_env[(template, resolved)] = compiled
     return compiled
