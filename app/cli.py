@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from app.config import Config, ConfigError, load_config, require_webhook_auth
-from app.store import STATUSES, StorageError, Store, open_store, store_for
+from app.store import DEAD, FAILED, STATUSES, StorageError, Store, open_store, store_for
 from app.suppressions import ALL
 
 
@@ -126,6 +126,10 @@ def worker(ctx: Context, parent_pid: int | None) -> None:
     templates.start_watching()  # also picks up edited files, without a signal
     if parent_pid:
         watch_parent(delivery_worker, parent_pid)
+    if config.retention is not None:
+        from app.pruning import RetentionKeeper
+
+        RetentionKeeper(delivery_worker.store, config.retention, delivery_worker.stopping).start()
     delivery_worker.run()
 
 
@@ -183,6 +187,119 @@ def deliveries(ctx: Context, user, rule, status, limit, show_attempts, as_json) 
         "no deliveries",
         attempt_lines if show_attempts else None,
     )
+
+
+def _moment(value: str | None, now: float, option: str) -> float | None:
+    """A duration ago (`2h`, `3d`) or a time (ISO 8601, UTC unless it says otherwise)."""
+    from datetime import UTC, datetime
+
+    from app.durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"expected a duration ago (2h, 3d) or a time "
+                                 f"(2026-11-30T14:00:00Z), got {value[:40]!r}",
+                                 param_hint=option) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@main.command()
+@click.argument("delivery_ids", nargs=-1, type=click.IntRange(min=1), metavar="[ID]...")
+@click.option("--rule", help="Only this rule (alertname).")
+@click.option("--user", help="Only this user id.")
+@click.option("--status", "statuses", multiple=True, type=click.Choice([FAILED, DEAD]),
+              help="Only deliveries in this status (repeatable; default: failed and dead).")
+@click.option("--since", help="Only those that failed at or after this: a duration ago (2h) "
+              "or a time (2026-11-30T14:00:00Z).")
+@click.option("--until", help="Only those that failed before this (same forms as --since).")
+@click.option("--all", "everything", is_flag=True,
+              help="Every failed and dead delivery (needed when no other filter is given).")
+@click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+@pass_context
+def retry(ctx: Context, delivery_ids, rule, user, statuses, since, until, everything, dry_run,
+          as_json) -> None:
+    """Put failed or dead deliveries back in the queue, with a fresh attempt budget.
+
+    For after a setup mistake is fixed (a relay that rejected everyone, a wrong directory
+    URL): the cooldown and dedup key these deliveries hold would stop Alertmanager's repeats
+    from ever sending them. Safe while Nudge runs; a delivery being sent is never touched."""
+    from app.store import RetrySelection
+
+    if not (delivery_ids or rule or user or statuses or since or until or everything):
+        raise click.UsageError("say which deliveries: IDs, --rule, --user, --status, --since, "
+                               "--until, or --all for every failed and dead one")
+    now = time.time()
+    selection = RetrySelection(
+        ids=tuple(delivery_ids), rule=rule, user=user, statuses=tuple(statuses) or (FAILED, DEAD),
+        since=_moment(since, now, "--since"), until=_moment(until, now, "--until"))
+    store = ctx.store()
+    try:
+        rows = store.retryable(selection)
+        if not dry_run and rows:
+            requeued = set(store.requeue([row["id"] for row in rows], now,
+                                         "requeued by nudge retry"))
+            rows = [row for row in rows if row["id"] in requeued]
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_rows(rows, ["id", "updated_at", "rule", "user_id", "template", "status", "attempts",
+                       "last_error"], as_json, "no failed or dead deliveries match")
+    if not as_json and rows:
+        verb = "would requeue" if dry_run else "requeued"
+        click.echo(f"{verb} {len(rows)} deliveries with a fresh attempt budget"
+                   + ("" if dry_run else "; follow them with: nudge deliveries --attempts"))
+    missing = sorted(set(delivery_ids) - {row["id"] for row in rows})
+    if missing:
+        click.echo(f"not requeued (no such delivery, not failed or dead, filtered out, or "
+                   f"pruned): {', '.join(map(str, missing))}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--older-than", "older_than", help="Delete history older than this duration "
+              "(e.g. 90d; default: the `retention` setting).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing.")
+@pass_context
+def prune(ctx: Context, older_than: str | None, dry_run: bool) -> None:
+    """Delete raw notifications, decisions and attempts older than a duration.
+
+    Dedup keys, cooldowns, suppressions and each (rule, user)'s latest delivery stay, so
+    pruning never lets an email be sent again. The worker does this by itself every hour
+    (`retention`); this is for doing it now, or with another window."""
+    from app import retention
+    from app.clock import iso
+    from app.durations import parse_duration
+    from app.pruning import prune as prune_history
+
+    if older_than is None:
+        window = ctx.config.retention
+        if window is None:
+            raise click.UsageError("retention is forever (keep everything): give --older-than")
+    else:
+        try:
+            window = parse_duration(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+        if window <= 0:
+            raise click.BadParameter("must be above zero", param_hint="--older-than")
+    before = retention.cutoff(time.time(), window)
+    store = ctx.store()
+    try:
+        counts = store.prunable(before) if dry_run else prune_history(store, before)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} history older than {retention.window(window)} (before {iso(before)}):")
+    for line in retention.describe(counts):
+        click.echo(f"  {line}")
+    click.echo(f"kept: {retention.KEPT}")
 
 
 @main.command("copy-database")

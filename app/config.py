@@ -111,6 +111,7 @@ class Config:
     metrics_dir: Path
     source: str = "defaults"
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    retention: float | None = None  # seconds of history kept; None: forever
 
     @property
     def uses_postgres(self) -> bool:
@@ -495,6 +496,12 @@ def _check_lease(values: Mapping[str, Any], source: str, problems: list[str]) ->
         problems.append(f"{source}: delivery.lease: {problem}")
 
 
+def _retention(value: Any) -> float | None:
+    from app.retention import parse_retention
+
+    return parse_retention(value)
+
+
 def _token_auth_method(value: Any) -> str:
     from app.directory import TOKEN_AUTH_METHODS
 
@@ -652,6 +659,10 @@ SETTINGS: tuple[Setting, ...] = (
        "delivery is tried this often", "pause_probe_interval"),
     _d("delivery.outbox_dir", "var/outbox", _path, "a folder path",
        "where `.eml` files go when no SMTP URL is set", "outbox_dir"),
+    _d("retention", "90d", _retention, "a duration like 90d, or forever",
+       "raw notifications, decisions and send attempts older than this are deleted by the "
+       "worker; what stops a re-send stays ([Retention](#retention)). `forever` (or 0) keeps "
+       "everything", "retention", "NUDGE_RETENTION"),
     _d("metrics.multiproc_dir", "var/metrics", _path, "a folder path",
        "prometheus-client multiprocess folder, emptied at start (`PROMETHEUS_MULTIPROC_DIR` "
        "wins)", "metrics_dir"),

@@ -506,3 +506,142 @@ def test_a_copy_carries_history_queue_cooldowns_and_suppressions(store, opened, 
 
     with pytest.raises(StorageError, match="not empty"):
         store.import_rows(source.export_rows())
+
+
+# --- requeue (`nudge retry`) ----------------------------------------------------------------------
+
+
+def settled_delivery(store, user: str, status: str, error: str | None = None) -> int:
+    delivery_id = queue_one(store, user=user, key=f"NoFirstApiCall/{user}/1")
+    (claimed,) = store.claim_due(time.time(), 60)
+    store.settle(claimed, status, time.time(), recipient=f"{user}@example.com", error=error)
+    return delivery_id
+
+
+def test_requeue_gives_failed_and_dead_deliveries_a_fresh_budget_and_a_history_row(store):
+    from app.store import DEAD, FAILED, RetrySelection
+
+    dead = settled_delivery(store, "u1", DEAD, "451 4.7.1 greylisted")
+    failed = settled_delivery(store, "u2", FAILED, "550 5.1.1 user unknown")
+    sent = settled_delivery(store, "u3", SENT)
+    waiting = queue_one(store, user="u4", key="NoFirstApiCall/u4/1")
+    now = time.time()
+
+    assert [r["id"] for r in store.retryable(RetrySelection())] == [dead, failed]
+    assert [r["id"] for r in store.retryable(RetrySelection(statuses=(DEAD,)))] == [dead]
+    assert [r["id"] for r in store.retryable(RetrySelection(user="u2"))] == [failed]
+    assert [r["id"] for r in store.retryable(RetrySelection(ids=(failed, sent)))] == [failed]
+    assert store.retryable(RetrySelection(rule="Other")) == []
+    assert store.retryable(RetrySelection(since=now + 60)) == []
+    assert store.retryable(RetrySelection(until=now - 60)) == []
+    assert len(store.retryable(RetrySelection(since=now - 60, until=now + 60))) == 2
+
+    later = now + 5
+    assert store.requeue([dead, failed, sent, waiting, 999], later, "requeued by test") == [
+        dead, failed]
+
+    rows = {r["id"]: r for r in store.list_deliveries()}
+    assert rows[dead]["status"] == QUEUED and rows[dead]["attempts"] == 0
+    assert rows[dead]["last_error"] is None
+    assert rows[sent]["status"] == SENT and rows[waiting]["attempts"] == 0
+    log = store.list_attempts(dead)
+    assert [a["outcome"] for a in log] == ["dead", "requeued"]
+    assert log[-1]["error"] == "requeued by test; was dead after 1 attempt: 451 4.7.1 greylisted"
+    assert store.retryable(RetrySelection()) == []
+
+    claimed = store.claim_due(later, 60, limit=10)
+    assert {d.id for d in claimed} == {dead, failed, waiting}
+    requeued = next(d for d in claimed if d.id == dead)
+    assert requeued.attempts == 1  # a fresh budget
+    assert requeued.created_epoch == pytest.approx(later, abs=0.01)  # a fresh max_age clock
+    # Being sent: a second `nudge retry` leaves it alone.
+    assert store.requeue([dead], later, "again") == []
+    # The dedup key and the cooldown stay with it: repeats are still duplicates.
+    with store.deciding([]) as batch:
+        facts = batch.facts(["NoFirstApiCall/u1/1"], [("NoFirstApiCall", "u1")])
+    assert facts.deliveries == {"NoFirstApiCall/u1/1": dead}
+    assert ("NoFirstApiCall", "u1") in facts.last_queued
+
+
+def test_requeue_by_two_callers_at_once_requeues_each_delivery_once(store, opened):
+    from app.store import DEAD
+
+    dead = settled_delivery(store, "u1", DEAD, "451")
+    other = opened()
+    results = [store.requeue([dead], time.time(), "first"),
+               other.requeue([dead], time.time(), "second")]
+    assert sorted(map(len, results)) == [0, 1]
+    assert [a["outcome"] for a in store.list_attempts(dead)] == ["dead", "requeued"]
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def decided(store, body: str, user: str, key: str | None, status: str | None = None,
+            outcome: str = "queued", duplicate_of: int | None = None) -> tuple[int, int | None]:
+    """A notification decided into one decision (and a delivery when `key` is given)."""
+    (notification_id,) = store.append_notifications([entry(body)])
+    delivery_id = duplicate_of
+    with store.deciding([notification_id]) as batch:
+        if key:
+            delivery_id = batch.add_delivery(new_delivery(notification_id, user, key=key),
+                                             time.time())
+        batch.add_decisions([record(notification_id, outcome, delivery_id, user)], time.time())
+    if key and status:
+        (claimed,) = store.claim_due(time.time(), 60)
+        store.settle(claimed, status, time.time(), recipient=f"{user}@example.com",
+                     error="boom" if status != SENT else None)
+    return notification_id, delivery_id
+
+
+def test_prune_deletes_old_history_and_keeps_what_stops_a_resend(store):
+    from app.pruning import prune
+    from app.store import RetrySelection
+
+    _, first = decided(store, '{"old": "ada@example.com"}', "u1", "K1", SENT)
+    _, latest = decided(store, '{"newer": "ada@example.com"}', "u1", "K2", SENT)
+    decided(store, '{"skipped": true}', "u2", None, outcome="skipped")
+    _, waiting = decided(store, '{"waiting": true}', "u3", "K3")
+    store.add_suppression("u4", "*", "link", time.time())
+    store.append_notifications([entry('{"undecided": true}')])
+    before = time.time() + 1
+
+    expected = store.prunable(before)
+    assert (expected.raw_bodies, expected.decisions, expected.attempts, expected.deliveries) == (
+        4, 4, 2, 1)
+
+    pruned = prune(store, before, batch=2, pause=0)
+
+    assert (pruned.raw_bodies, pruned.decisions, pruned.attempts, pruned.deliveries) == (
+        4, 4, 2, 1)
+    assert store.prunable(before).rows == 0
+    assert store.list_decisions() == []
+    assert store.list_attempts(first) == [] and store.list_attempts(latest) == []
+    rows = {r["id"]: r for r in store.list_deliveries()}
+    assert set(rows) == {first, latest, waiting}
+    assert rows[first]["status"] == SENT and rows[first]["recipient"] is None  # reduced
+    assert rows[latest]["recipient"] == "u1@example.com"  # the pair's latest stays whole
+    assert store.retryable(RetrySelection(ids=(first,), statuses=(SENT,))) == []
+    # What decides a re-send is all there: dedup keys, the cooldown, the suppression.
+    with store.deciding([]) as batch:
+        facts = batch.facts(["K1", "K2", "K3"], [("NoFirstApiCall", "u1")])
+    assert facts.deliveries == {"K1": first, "K2": latest, "K3": waiting}
+    assert ("NoFirstApiCall", "u1") in facts.last_queued
+    assert store.suppression_scopes("u4") == {"*"}
+    # Waiting work is untouched: the undecided notification, the queued delivery's alert.
+    assert [p.body for p in store.pending_notifications(10, 100)] == ['{"undecided": true}']
+    (due,) = store.claim_due(time.time(), 60)
+    assert due.id == waiting and due.alert["labels"]["user_id"] == "u3"
+    # A repeat decided after pruning can still name the reduced delivery as its original.
+    decided(store, '{"repeat": true}', "u1", None, outcome="duplicate", duplicate_of=first)
+    assert [d["delivery_id"] for d in store.list_decisions()] == [first]
+
+
+def test_prune_keeps_everything_newer_than_the_cutoff(store):
+    from app.pruning import prune
+
+    decided(store, '{"recent": true}', "u1", "K1", SENT)
+    pruned = prune(store, time.time() - 3600, pause=0)
+    assert pruned.rows == 0
+    assert len(store.list_decisions()) == 1
+    assert store.list_deliveries()[0]["recipient"] == "u1@example.com"

@@ -27,8 +27,10 @@ from app.store.base import (
     JournalStats,
     NewDelivery,
     PendingNotification,
+    PruneCounts,
     QueueStats,
     RateReservation,
+    RetrySelection,
     SchemaMismatch,
     StorageError,
     StorageUnavailable,
@@ -39,6 +41,7 @@ __all__ = [
     "DEAD", "FAILED", "QUEUED", "SENDING", "SENT", "STATUSES", "SUPPRESSED", "WAITING",
     "ChangeWatcher", "DecisionBatch", "DecisionRecord", "Delivery", "Facts", "JournalEntry",
     "JournalStats", "NewDelivery", "PendingNotification", "QueueStats", "RateReservation", "SchemaMismatch",
+    "PruneCounts", "RetrySelection",
     "StorageError", "StorageUnavailable", "Store", "is_postgres", "open_store", "store_for",
 ]
 

@@ -148,7 +148,7 @@ class Delivery:
     attempts: int
     alert: dict[str, Any]
     external_url: str
-    created_at: str
+    created_at: str  # when queued, or requeued by `nudge retry`: the max_age clock starts here
     attempt_id: int | None = None  # identifies this claim: its row in the attempt log
     lease_until: float | None = None  # when the claim expires unless renewed
 
@@ -161,6 +161,39 @@ class Delivery:
 class QueueStats:
     depth: int
     oldest_age: float
+
+
+@dataclass(frozen=True)
+class RetrySelection:
+    """Which failed or dead deliveries `nudge retry` puts back in the queue: every filter
+    given must match (`since`/`until`: when the delivery failed or went dead, epoch seconds)."""
+
+    ids: tuple[int, ...] = ()
+    rule: str | None = None
+    user: str | None = None
+    statuses: tuple[str, ...] = (FAILED, DEAD)
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass
+class PruneCounts:
+    """What pruning removed (or, in a dry run, would remove)."""
+
+    raw_bodies: int = 0  # notifications' bodies as received (the row goes too when nothing needs it)
+    decisions: int = 0
+    attempts: int = 0
+    deliveries: int = 0  # reduced to what dedup needs (key, rule, user, status, times)
+    journal_files: int = 0
+    journal_bytes: int = 0
+
+    def add(self, other: PruneCounts) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def rows(self) -> int:
+        return self.raw_bodies + self.decisions + self.attempts + self.deliveries
 
 
 class ChangeWatcher(ABC):
@@ -266,6 +299,39 @@ class Store(ABC):
     @abstractmethod
     def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]: ...
 
+    # -- requeue (`nudge retry`) -----------------------------------------------------------
+    @abstractmethod
+    def retryable(self, selection: RetrySelection, limit: int | None = None
+                  ) -> list[dict[str, Any]]:
+        """Failed or dead deliveries matching `selection`, oldest first, as listed by
+        `list_deliveries` (deliveries already pruned to their dedup key are not retryable)."""
+
+    @abstractmethod
+    def requeue(self, delivery_ids: Sequence[int], now: float, reason: str) -> list[int]:
+        """Put these deliveries back in the queue, due now, with a fresh attempt budget and a
+        fresh max_age clock, and a row in their attempt log saying `reason`. Only those still
+        failed or dead are requeued (never one being sent): returns their ids. Dedup keys and
+        cooldowns are untouched, so Alertmanager's repeats stay duplicates."""
+
+    # -- retention -------------------------------------------------------------------------
+    @abstractmethod
+    def prunable(self, before: float) -> PruneCounts:
+        """What `prune_batch` calls would remove for this cutoff (a dry run)."""
+
+    @abstractmethod
+    def prune_batch(self, before: float, limit: int) -> PruneCounts:
+        """Remove up to `limit` rows of each kind older than `before`, in one short
+        transaction: decisions and attempts; raw bodies of decided notifications (a
+        notification a delivery refers to keeps its row, without its body); and settled
+        deliveries other than each (rule, user)'s latest, which keep only what dedup needs.
+        Cooldowns, suppressions, dedup keys and anything waiting are never touched. All
+        zeros when nothing is left to prune."""
+
+    @abstractmethod
+    def prune_journal_files(self, *, dry_run: bool = False) -> PruneCounts:
+        """Delete journal files whose every record is decided (moved into the database) and
+        that will never be appended to again (engines without journal files: nothing)."""
+
     def fleet_rate_limiter(self, per_second: float) -> RateReservation | None:
         """A send rate shared by every process on this database, or None when the engine has
         no fleet (SQLite: all senders of a host share one process's limiter)."""
@@ -309,7 +375,7 @@ TABLES: dict[str, list[str]] = {
     "deliveries": ["id", "dedup_key", "notification_id", "rule", "user_id", "template", "kind",
                    "status", "starts_at", "alert", "external_url", "recipient", "attempts",
                    "next_attempt_at", "lease_until", "last_error", "created_at", "updated_at",
-                   "sent_at", "claim"],
+                   "sent_at", "claim", "requeued_at", "pruned_at"],
     "decisions": ["id", "notification_id", "created_at", "rule", "user_id", "alert_status",
                   "starts_at", "fingerprint", "outcome", "reason", "detail", "delivery_id"],
     "cooldowns": ["rule", "user_id", "last_queued_at"],
@@ -317,6 +383,13 @@ TABLES: dict[str, list[str]] = {
                  "recipient", "error"],
     "suppressions": ["user_id", "scope", "source", "created_at"],
 }
+
+
+def requeue_note(reason: str, status: str, attempts: int, last_error: str | None) -> str:
+    """The attempt log's line for a requeue: why, and what the delivery had been."""
+    plural = "" if attempts == 1 else "s"
+    return f"{reason}; was {status} after {attempts} attempt{plural}" + (
+        f": {last_error}" if last_error else "")
 
 
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:

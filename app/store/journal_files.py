@@ -4,7 +4,8 @@ A receiver never waits for SQLite's write lock: it appends the notifications of 
 commit as records to its own file (`<database>-incoming/<pid>-<start>-<seq>.journal`) and
 fdatasyncs once. The decider reads every file from the offset recorded in the database and
 moves what it decides into the `notifications` table, advancing the offset in the same
-transaction. A file is deleted once it is consumed and its writer has moved on or exited.
+transaction. A file is deleted once it is consumed and its writer has moved on (a writer moves
+to a new file every ROTATE_BYTES, or at its first append after ROTATE_SECONDS) or exited.
 
 A record is `<u32 payload length><u32 crc32 of payload>` then the payload: one line of JSON
 metadata (id, received_at, receiver, status, group_key, alert_count, truncated_alerts), a
@@ -24,6 +25,7 @@ import os
 import re
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ from pathlib import Path
 
 HEADER = struct.Struct("<II")
 ROTATE_BYTES = 64 * 1024 * 1024
+# A writer also moves to a new file at its first append after this long, so that a quiet
+# receiver's file, once decided, is deleted too: raw bodies do not linger in the journal.
+ROTATE_SECONDS = 3600.0
 PREALLOCATE_BYTES = 16 * 1024 * 1024
 # A write this big just extends the file: its data flush costs far more than the file size's
 # commit, and zero-filling ahead of it would double what is written.
@@ -95,6 +100,7 @@ class JournalWriter:
         self._seq = 0
         self._size = 0
         self._allocated = 0
+        self._opened_at = 0.0
         self._next_id = 0
         self._last_id = -1
 
@@ -105,6 +111,7 @@ class JournalWriter:
         name = f"{pid}-{start}-{self._seq}.journal"
         self._fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = 0
+        self._opened_at = time.monotonic()
         self._allocated = os.fstat(self._fd).st_size
         self._preallocate(PREALLOCATE_BYTES)
         # The new name must survive a power cut too, not only the data written to it.
@@ -147,7 +154,8 @@ class JournalWriter:
             if self._pid != os.getpid():  # forked: never share a parent's file or ids
                 self._fd, self._pid, self._seq = None, os.getpid(), 0
                 self._next_id, self._last_id = 0, -1
-            if self._fd is None or self._size > ROTATE_BYTES:
+            if (self._fd is None or self._size > ROTATE_BYTES
+                    or (self._size and time.monotonic() - self._opened_at > ROTATE_SECONDS)):
                 if self._fd is not None:
                     os.close(self._fd)
                     self._seq += 1

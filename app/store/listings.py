@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.clock import iso
-from app.store.base import QUEUED
+from app.store.base import QUEUED, STATUSES, RetrySelection
 
 
 class Listings:
@@ -59,3 +59,31 @@ class Listings:
             return self._rows("SELECT * FROM suppressions ORDER BY created_at, user_id, scope", [])
         return self._rows(f"SELECT * FROM suppressions WHERE user_id = {self.PLACEHOLDER} "
                           "ORDER BY created_at, scope", [user_id])
+
+    def retryable(self, selection: RetrySelection, limit: int | None = None
+                  ) -> list[dict[str, Any]]:
+        mark = self.PLACEHOLDER
+        statuses = [s for s in selection.statuses if s in STATUSES]
+        where = [f"status IN ({', '.join([mark] * len(statuses))})", "pruned_at IS NULL"]
+        params: list[Any] = list(statuses)
+        if selection.ids:
+            where.append(f"id IN ({', '.join([mark] * len(selection.ids))})")
+            params.extend(int(i) for i in selection.ids)
+        for column, value in (("rule", selection.rule), ("user_id", selection.user)):
+            if value is not None:
+                where.append(f"{column} = {mark}")
+                params.append(value)
+        # updated_at is when a failed or dead delivery got that status; ISO text sorts as time.
+        if selection.since is not None:
+            where.append(f"updated_at >= {mark}")
+            params.append(iso(selection.since))
+        if selection.until is not None:
+            where.append(f"updated_at < {mark}")
+            params.append(iso(selection.until))
+        query = ("SELECT id, created_at, updated_at, rule, user_id, template, kind, status, "
+                 "attempts, recipient, last_error FROM deliveries WHERE " + " AND ".join(where)
+                 + " ORDER BY id")
+        if limit:
+            query += f" LIMIT {mark}"
+            params.append(int(limit))
+        return self._rows(query, params) if statuses else []

@@ -31,6 +31,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from app.clock import iso
 from app.redact import redact_url
 from app.store.base import (
+    DEAD,
+    FAILED,
     QUEUED,
     TABLES,
     ChangeWatcher,
@@ -42,12 +44,14 @@ from app.store.base import (
     JournalStats,
     NewDelivery,
     PendingNotification,
+    PruneCounts,
     QueueStats,
     RateReservation,
     SchemaMismatch,
     StorageError,
     StorageUnavailable,
     Store,
+    requeue_note,
 )
 from app.store.listings import Listings
 
@@ -143,6 +147,18 @@ MIGRATIONS: list[str] = [
         name TEXT PRIMARY KEY,
         theoretical_arrival DOUBLE PRECISION NOT NULL
     );
+    """,
+    # requeue (`nudge retry`) restarts a delivery's max_age clock; retention prunes old rows
+    # in small batches (the indexes find the oldest without scanning) and reduces old
+    # deliveries to their dedup key.
+    """
+    ALTER TABLE deliveries ADD COLUMN requeued_at TEXT;
+    ALTER TABLE deliveries ADD COLUMN pruned_at TEXT;
+    CREATE INDEX deliveries_notification ON deliveries (notification_id);
+    CREATE INDEX deliveries_prunable ON deliveries (updated_at) WHERE pruned_at IS NULL;
+    CREATE INDEX decisions_created ON decisions (created_at);
+    CREATE INDEX attempts_finished ON attempts (finished_at);
+    CREATE INDEX notifications_with_body ON notifications (decided_at) WHERE body <> '';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -357,7 +373,8 @@ class PostgresStore(Listings, Store):
                 "UPDATE deliveries AS d SET status = 'sending', lease_until = %(until)s, "
                 "attempts = d.attempts + 1, updated_at = %(stamp)s FROM chosen "
                 "WHERE d.id = chosen.id RETURNING d.id, d.rule, d.user_id, d.template, d.kind, "
-                "d.status, d.attempts, d.alert, d.external_url, d.created_at",
+                "d.status, d.attempts, d.alert, d.external_url, "
+                "COALESCE(d.requeued_at, d.created_at)",
                 {"now": now, "n": limit, "until": now + lease, "stamp": stamp},
             ).fetchall()
             if not rows:
@@ -475,6 +492,89 @@ class PostgresStore(Listings, Store):
                 "RETURNING theoretical_arrival - %(burst)s * %(i)s - (SELECT t FROM now)",
                 {"i": interval, "burst": burst}).fetchone()
         return max(0.0, float(wait))
+
+    # -- requeue (`nudge retry`) -----------------------------------------------------------
+    def requeue(self, delivery_ids: Sequence[int], now: float, reason: str) -> list[int]:
+        stamp = iso(now)
+        with self._transaction("cannot requeue deliveries") as conn:
+            # Locked, and only while failed or dead (re-checked after any wait for the lock):
+            # a delivery being sent, or requeued by someone else meanwhile, is left alone.
+            rows = conn.execute(
+                "SELECT id, status, attempts, last_error FROM deliveries WHERE id = ANY(%s) "
+                "AND status IN (%s, %s) AND pruned_at IS NULL ORDER BY id FOR UPDATE",
+                (sorted({int(i) for i in delivery_ids}), FAILED, DEAD)).fetchall()
+            if not rows:
+                return []
+            ids = [row[0] for row in rows]
+            conn.execute(
+                "UPDATE deliveries SET status = 'queued', attempts = 0, next_attempt_at = %s, "
+                "lease_until = NULL, claim = NULL, last_error = NULL, updated_at = %s, "
+                "requeued_at = %s WHERE id = ANY(%s)", (now, stamp, stamp, ids))
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, "
+                    "outcome, error) VALUES (%s, 0, %s, %s, 'requeued', %s)",
+                    [(row[0], stamp, stamp, requeue_note(reason, *row[1:])) for row in rows])
+            conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
+        return ids
+
+    # -- retention -------------------------------------------------------------------------
+    _PRUNABLE_DELIVERIES = (
+        "FROM deliveries AS d WHERE d.pruned_at IS NULL AND d.updated_at < %(before)s "
+        "AND d.status IN ('sent', 'failed', 'dead', 'suppressed') "
+        # each (rule, user)'s latest delivery stays whole
+        "AND EXISTS (SELECT 1 FROM deliveries AS later WHERE later.user_id = d.user_id "
+        "AND later.rule = d.rule AND later.id > d.id)")
+
+    def prunable(self, before: float) -> PruneCounts:
+        params = {"before": iso(before)}
+        with self._transaction("cannot read the database") as conn:
+            def count(query: str) -> int:
+                return conn.execute(query, params).fetchone()[0]
+
+            return PruneCounts(
+                raw_bodies=count("SELECT COUNT(*) FROM notifications "
+                                 "WHERE decided_at < %(before)s AND body <> ''"),
+                decisions=count("SELECT COUNT(*) FROM decisions WHERE created_at < %(before)s"),
+                attempts=count("SELECT COUNT(*) FROM attempts WHERE finished_at < %(before)s"),
+                deliveries=count(f"SELECT COUNT(*) {self._PRUNABLE_DELIVERIES}"),
+            )
+
+    def prune_batch(self, before: float, limit: int) -> PruneCounts:
+        params = {"before": iso(before), "limit": max(1, int(limit)), "now": iso()}
+        counts = PruneCounts()
+        with self._transaction("cannot prune old rows") as conn:
+            # SKIP LOCKED: rows a sender, decider or `nudge retry` holds are left for next time.
+            counts.decisions = conn.execute(
+                "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions "
+                "WHERE created_at < %(before)s ORDER BY created_at LIMIT %(limit)s "
+                "FOR UPDATE SKIP LOCKED)", params).rowcount
+            counts.attempts = conn.execute(
+                "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts "
+                "WHERE finished_at < %(before)s ORDER BY finished_at LIMIT %(limit)s "
+                "FOR UPDATE SKIP LOCKED)", params).rowcount
+            counts.deliveries = conn.execute(
+                "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "
+                "external_url = '', pruned_at = %(now)s WHERE id IN (SELECT d.id "
+                f"{self._PRUNABLE_DELIVERIES} ORDER BY d.updated_at LIMIT %(limit)s "
+                "FOR UPDATE OF d SKIP LOCKED)", params).rowcount
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM notifications WHERE decided_at < %(before)s AND body <> '' "
+                "ORDER BY decided_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED", params)]
+            if ids:
+                # Its decisions are as old as its decision time: they go with it.
+                counts.decisions += conn.execute(
+                    "DELETE FROM decisions WHERE notification_id = ANY(%s)", (ids,)).rowcount
+                # A notification a delivery refers to keeps its row, without the body.
+                conn.execute(
+                    "DELETE FROM notifications AS n WHERE id = ANY(%s) AND NOT EXISTS "
+                    "(SELECT 1 FROM deliveries WHERE notification_id = n.id)", (ids,))
+                conn.execute("UPDATE notifications SET body = '' WHERE id = ANY(%s)", (ids,))
+                counts.raw_bodies = len(ids)
+        return counts
+
+    def prune_journal_files(self, *, dry_run: bool = False) -> PruneCounts:
+        return PruneCounts()  # notifications are rows from the start: no journal files
 
     # -- suppressions ----------------------------------------------------------------------
     def suppression_scopes(self, user_id: str) -> set[str]:

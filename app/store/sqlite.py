@@ -24,6 +24,8 @@ from app.alerts import parse_time
 from app.clock import iso
 from app.store import journal_files
 from app.store.base import (
+    DEAD,
+    FAILED,
     QUEUED,
     TABLES,
     ChangeWatcher,
@@ -35,12 +37,14 @@ from app.store.base import (
     JournalStats,
     NewDelivery,
     PendingNotification,
+    PruneCounts,
     QueueStats,
     SchemaMismatch,
     StorageError,
     StorageUnavailable,
     Store,
     chunks,
+    requeue_note,
 )
 from app.store.listings import Listings
 
@@ -144,6 +148,18 @@ MIGRATIONS: list[str] = [
     CREATE TABLE journal_offsets (file TEXT PRIMARY KEY, offset INTEGER NOT NULL);
     CREATE TABLE journal_ids (next INTEGER NOT NULL);
     INSERT INTO journal_ids (next) SELECT COALESCE(MAX(id), 0) + 1 FROM notifications;
+    """,
+    # requeue (`nudge retry`) restarts a delivery's max_age clock; retention prunes old rows
+    # in small batches (the indexes find the oldest without scanning) and reduces old
+    # deliveries to their dedup key.
+    """
+    ALTER TABLE deliveries ADD COLUMN requeued_at TEXT;
+    ALTER TABLE deliveries ADD COLUMN pruned_at TEXT;
+    CREATE INDEX deliveries_notification ON deliveries(notification_id);
+    CREATE INDEX deliveries_prunable ON deliveries(updated_at) WHERE pruned_at IS NULL;
+    CREATE INDEX decisions_created ON decisions(created_at);
+    CREATE INDEX attempts_finished ON attempts(finished_at);
+    CREATE INDEX notifications_with_body ON notifications(decided_at) WHERE body <> '';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -447,12 +463,16 @@ class SQLiteStore(Listings, Store):
 
     def _remove_consumed_files(self) -> None:
         """Delete journal files that are fully decided and will never grow again."""
-        names = journal_files.journal_names(self.journal_folder)
         try:
-            with self._read("cannot read the journal") as conn:
-                offsets = self._offsets(conn)
+            self.prune_journal_files()
         except StorageError:
             return
+
+    def prune_journal_files(self, *, dry_run: bool = False) -> PruneCounts:
+        counts = PruneCounts()
+        names = journal_files.journal_names(self.journal_folder)
+        with self._read("cannot read the journal") as conn:
+            offsets = self._offsets(conn)
         writers = {}
         for name in names:
             pid, start, seq = name.split(".")[0].split("-")
@@ -466,14 +486,21 @@ class SQLiteStore(Listings, Store):
             if not finished or journal_files.scan(path, offsets.get(name, 0))[0]:
                 continue
             try:
-                path.unlink()
+                size = path.stat().st_size
+                if not dry_run:
+                    path.unlink()
             except OSError:
+                continue
+            counts.journal_files += 1
+            counts.journal_bytes += size
+            if dry_run:
                 continue
             try:
                 with self._write("cannot clean the journal") as conn:
                     conn.execute("DELETE FROM journal_offsets WHERE file = ?", (name,))
             except StorageError:
                 pass
+        return counts
 
     def journal_stats(self, now: float) -> JournalStats:
         with self._read("cannot read the journal") as conn:
@@ -513,7 +540,7 @@ class SQLiteStore(Listings, Store):
                 "FROM deliveries WHERE status = 'sending' AND lease_until <= ? "
                 "ORDER BY next_attempt_at LIMIT ?)) ORDER BY next_attempt_at LIMIT ?) "
                 "RETURNING id, rule, user_id, template, kind, status, attempts, alert, "
-                "external_url, created_at",
+                "external_url, COALESCE(requeued_at, created_at)",
                 (now + lease, iso(now), now, limit, now, limit, limit),
             ).fetchall()
             if not rows:
@@ -614,6 +641,92 @@ class SQLiteStore(Listings, Store):
             cursor = conn.execute(sql, list(params))
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # -- requeue (`nudge retry`) -----------------------------------------------------------
+    def requeue(self, delivery_ids: Sequence[int], now: float, reason: str) -> list[int]:
+        requeued = []
+        stamp = iso(now)
+        with self._write("cannot requeue deliveries") as conn:
+            for delivery_id in sorted(set(delivery_ids)):
+                # Under the write lock, only while failed or dead: a delivery being sent, or
+                # requeued by someone else meanwhile, is left alone.
+                row = conn.execute(
+                    "SELECT status, attempts, last_error FROM deliveries WHERE id = ? "
+                    "AND status IN (?, ?) AND pruned_at IS NULL", (delivery_id, FAILED, DEAD),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute(
+                    "UPDATE deliveries SET status = 'queued', attempts = 0, next_attempt_at = ?, "
+                    "lease_until = NULL, claim = NULL, last_error = NULL, updated_at = ?, "
+                    "requeued_at = ? WHERE id = ?", (now, stamp, stamp, delivery_id))
+                conn.execute(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, outcome, "
+                    "error) VALUES (?, 0, ?, ?, 'requeued', ?)",
+                    (delivery_id, stamp, stamp, requeue_note(reason, *row)))
+                requeued.append(delivery_id)
+        return requeued
+
+    # -- retention -------------------------------------------------------------------------
+    _PRUNABLE_DELIVERIES = (
+        "FROM deliveries AS d WHERE d.pruned_at IS NULL AND d.updated_at < ? "
+        "AND d.status IN ('sent', 'failed', 'dead', 'suppressed') "
+        # each (rule, user)'s latest delivery stays whole
+        "AND EXISTS (SELECT 1 FROM deliveries AS later WHERE later.user_id = d.user_id "
+        "AND later.rule = d.rule AND later.id > d.id)")
+
+    def prunable(self, before: float) -> PruneCounts:
+        stamp = iso(before)
+        with self._read("cannot read the database") as conn:
+            counts = PruneCounts(
+                raw_bodies=conn.execute(
+                    "SELECT COUNT(*) FROM notifications WHERE decided_at < ? AND body <> ''",
+                    (stamp,)).fetchone()[0],
+                decisions=conn.execute("SELECT COUNT(*) FROM decisions WHERE created_at < ?",
+                                       (stamp,)).fetchone()[0],
+                attempts=conn.execute("SELECT COUNT(*) FROM attempts WHERE finished_at < ?",
+                                      (stamp,)).fetchone()[0],
+                deliveries=conn.execute(f"SELECT COUNT(*) {self._PRUNABLE_DELIVERIES}",
+                                        (stamp,)).fetchone()[0],
+            )
+        counts.add(self.prune_journal_files(dry_run=True))
+        return counts
+
+    def prune_batch(self, before: float, limit: int) -> PruneCounts:
+        stamp = iso(before)
+        limit = max(1, min(limit, MAX_PARAMS))
+        counts = PruneCounts()
+        # What is deleted is overwritten in the file, not only unlinked from the b-tree:
+        # raw bodies may hold addresses.
+        with self._read("cannot prune") as conn:
+            conn.execute("PRAGMA secure_delete = ON")
+        with self._write("cannot prune old rows") as conn:
+            counts.decisions = conn.execute(
+                "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions "
+                "WHERE created_at < ? ORDER BY created_at LIMIT ?)", (stamp, limit)).rowcount
+            counts.attempts = conn.execute(
+                "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts "
+                "WHERE finished_at < ? ORDER BY finished_at LIMIT ?)", (stamp, limit)).rowcount
+            counts.deliveries = conn.execute(
+                "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "
+                "external_url = '', pruned_at = ? WHERE id IN (SELECT d.id "
+                f"{self._PRUNABLE_DELIVERIES} ORDER BY d.updated_at LIMIT ?)",
+                (iso(), stamp, limit)).rowcount
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM notifications WHERE decided_at < ? AND body <> '' "
+                "ORDER BY decided_at LIMIT ?", (stamp, limit))]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                # Its decisions are as old as its decision time: they go with it.
+                counts.decisions += conn.execute(
+                    f"DELETE FROM decisions WHERE notification_id IN ({marks})", ids).rowcount
+                # A notification a delivery refers to keeps its row, without the body.
+                conn.execute(
+                    f"DELETE FROM notifications WHERE id IN ({marks}) AND NOT EXISTS "
+                    f"(SELECT 1 FROM deliveries WHERE notification_id = notifications.id)", ids)
+                conn.execute(f"UPDATE notifications SET body = '' WHERE id IN ({marks})", ids)
+                counts.raw_bodies = len(ids)
+        return counts
 
     # -- suppressions ----------------------------------------------------------------------
     def suppression_scopes(self, user_id: str) -> set[str]:
