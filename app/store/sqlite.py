@@ -700,6 +700,11 @@ class SQLiteStore(Listings, Store):
         # raw bodies may hold addresses.
         with self._read("cannot prune") as conn:
             conn.execute("PRAGMA secure_delete = ON")
+            # Found before taking the write lock: the scan passes every (rule, user)'s kept
+            # latest delivery, which can be many; the update below re-checks each one.
+            deliveries = [row[0] for row in conn.execute(
+                f"SELECT d.id {self._PRUNABLE_DELIVERIES} ORDER BY d.updated_at LIMIT ?",
+                (stamp, limit))]
         with self._write("cannot prune old rows") as conn:
             counts.decisions = conn.execute(
                 "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions "
@@ -707,11 +712,13 @@ class SQLiteStore(Listings, Store):
             counts.attempts = conn.execute(
                 "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts "
                 "WHERE finished_at < ? ORDER BY finished_at LIMIT ?)", (stamp, limit)).rowcount
-            counts.deliveries = conn.execute(
-                "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "
-                "external_url = '', pruned_at = ? WHERE id IN (SELECT d.id "
-                f"{self._PRUNABLE_DELIVERIES} ORDER BY d.updated_at LIMIT ?)",
-                (iso(), stamp, limit)).rowcount
+            if deliveries:
+                counts.deliveries = conn.execute(
+                    "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "
+                    "external_url = '', pruned_at = ? WHERE id IN (SELECT d.id "
+                    f"{self._PRUNABLE_DELIVERIES} AND d.id IN "
+                    f"({','.join('?' * len(deliveries))}))",
+                    (iso(), stamp, *deliveries)).rowcount
             ids = [row[0] for row in conn.execute(
                 "SELECT id FROM notifications WHERE decided_at < ? AND body <> '' "
                 "ORDER BY decided_at LIMIT ?", (stamp, limit))]
