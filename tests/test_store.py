@@ -567,10 +567,21 @@ def test_requeue_by_two_callers_at_once_requeues_each_delivery_once(store, opene
     from app.store import DEAD
 
     dead = settled_delivery(store, "u1", DEAD, "451")
-    other = opened()
-    results = [store.requeue([dead], time.time(), "first"),
-               other.requeue([dead], time.time(), "second")]
-    assert sorted(map(len, results)) == [0, 1]
+    stores = [opened() for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    results: list[list[int]] = []
+
+    def requeue(each):
+        start.wait()
+        results.append(each.requeue([dead], time.time(), "requeued"))
+        each.close()
+
+    threads = [threading.Thread(target=requeue, args=(each,)) for each in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(map(len, results)) == [0, 0, 0, 1]
     assert [a["outcome"] for a in store.list_attempts(dead)] == ["dead", "requeued"]
 
 
