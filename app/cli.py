@@ -253,7 +253,8 @@ def retry(ctx: Context, delivery_ids, rule, user, statuses, since, until, everyt
                        "last_error"], as_json, "no failed or dead deliveries match")
     if not as_json and rows:
         verb = "would requeue" if dry_run else "requeued"
-        click.echo(f"{verb} {len(rows)} deliveries with a fresh attempt budget"
+        noun = "delivery" if len(rows) == 1 else "deliveries"
+        click.echo(f"{verb} {len(rows)} {noun} with a fresh attempt budget"
                    + ("" if dry_run else "; follow them with: nudge deliveries --attempts"))
     missing = sorted(set(delivery_ids) - {row["id"] for row in rows})
     if missing:
@@ -296,7 +297,7 @@ def prune(ctx: Context, older_than: str | None, dry_run: bool) -> None:
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} history older than {retention.window(window)} (before {iso(before)}):")
+    click.echo(f"{verb} history older than {retention.format_window(window)} (before {iso(before)}):")
     for line in retention.describe(counts):
         click.echo(f"  {line}")
     click.echo(f"kept: {retention.KEPT}")

@@ -61,9 +61,9 @@ class RetentionKeeper:
             counts = prune(self.store, before, stopping=self.stopping)
         except StorageError as exc:
             log.warning("pruning history older than %s failed (will try again): %s",
-                        retention.window(self.window), exc)
+                        retention.format_window(self.window), exc)
             return None
         if counts.rows or counts.journal_files:
-            log.info("pruned history older than %s: %s", retention.window(self.window),
+            log.info("pruned history older than %s: %s", retention.format_window(self.window),
                      "; ".join(" ".join(line.split()) for line in retention.describe(counts)))
         return counts

@@ -59,5 +59,5 @@ def describe(counts: PruneCounts) -> list[str]:
     ]
 
 
-def window(retention: float | None) -> str:
+def format_window(retention: float | None) -> str:
     return format_duration(retention)

@@ -204,3 +204,13 @@ def test_the_worker_prunes_on_its_own(tmp_path, config_data, client):
     finally:
         assert worker.stop() == 0, worker.output
     assert "pruned history older than 2s" in worker.output
+
+
+def test_the_worker_prunes_hourly_or_ten_times_per_shorter_window():
+    from app.retention import cutoff, prune_interval
+
+    assert prune_interval(90 * 86400) == 3600
+    assert prune_interval(600) == 60
+    assert prune_interval(2) == 1  # never busier than once a second
+    assert cutoff(1000.0, 10.0) == 990.0
+    assert cutoff(1000.0, None) is None

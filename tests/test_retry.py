@@ -70,13 +70,13 @@ def test_a_dead_delivery_requeued_by_nudge_retry_arrives_once_and_repeats_stay_d
 
             dry = runner("retry", "--status", "dead", "--dry-run")
             assert dry.exit_code == 0, dry.output
-            assert "would requeue 1 deliveries" in dry.output
+            assert "would requeue 1 delivery" in dry.output
             assert "relay access denied" in dry.output
             wait_for_statuses(config, {1: "dead"}, timeout=1)
 
             result = runner("retry", "1")
             assert result.exit_code == 0, result.output
-            assert "requeued 1 deliveries" in result.output
+            assert "requeued 1 delivery" in result.output
 
             (delivery,) = wait_for_statuses(config, {1: "sent"})
             (message,) = fixed.wait_for(1, timeout=30)
@@ -163,7 +163,7 @@ def test_dry_run_lists_what_each_selection_would_requeue_and_changes_nothing(
 def test_retry_of_a_delivery_that_is_not_failed_or_dead_says_so(failures, runner):
     result = runner("retry", "2", "3")
     assert result.exit_code == 1
-    assert "requeued 1 deliveries" in result.stdout
+    assert "requeued 1 delivery" in result.stdout
     assert "not requeued (no such delivery, not failed or dead" in result.stderr
     assert result.stderr.strip().endswith(": 3")
     assert statuses(failures)[2] == "queued" and statuses(failures)[3] == "sent"
