@@ -244,8 +244,11 @@ def retry(ctx: Context, delivery_ids, rule, user, statuses, since, until, everyt
     try:
         rows = store.retryable(selection)
         if not dry_run and rows:
-            requeued = set(store.requeue([row["id"] for row in rows], now,
-                                         "requeued by nudge retry"))
+            requeued: set[int] = set()
+            ids = [row["id"] for row in rows]
+            for start in range(0, len(ids), 500):  # short transactions beside a running worker
+                requeued.update(store.requeue(ids[start:start + 500], now,
+                                              "requeued by nudge retry"))
             rows = [row for row in rows if row["id"] in requeued]
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
