@@ -14,7 +14,6 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from email.header import Header
 
 CATEGORY_ANNOTATION = "nudge_category"
 TITLE_ANNOTATION = "nudge_title"
@@ -71,7 +70,7 @@ def list_label(category: str) -> str:
     """The category as an RFC 2919 list-label: lower-case letters, digits and hyphens. A
     category that does not fit as it is gets a short hash, so distinct ones stay distinct."""
     slug = re.sub(r"[^a-z0-9]+", "-", category.lower()).strip("-")[:40].strip("-")
-    if slug == category:
+    if slug and slug == category:
         return slug
     digest = hashlib.sha256(category.encode()).hexdigest()[:8]
     return f"{slug}-{digest}" if slug else f"category-{digest}"
@@ -89,7 +88,7 @@ def list_id(category: str, title: str | None, domain: str) -> str:
     if title.isascii():
         phrase = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
     else:
-        phrase = Header(title, "utf-8").encode(maxlinelen=10_000)
+        phrase = title  # the message encodes it (RFC 2047), which a quoted-string may not hold
     return f"{phrase} {value}"
 
 

@@ -24,7 +24,6 @@ class _VerbatimHeader(UnstructuredHeader):
 def _message_policy() -> email.policy.EmailPolicy:
     registry = HeaderRegistry()
     registry.map_to_type("list-unsubscribe", _VerbatimHeader)
-    registry.map_to_type("list-id", _VerbatimHeader)  # already encoded (app/categories.py)
     return email.policy.default.clone(header_factory=registry)
 
 
@@ -162,5 +161,7 @@ def _require_unsubscribe_url(url: str) -> None:
 
 
 def _require_list_id(value: str) -> None:
-    if not value.isascii() or not value.endswith(">") or "<" not in value or len(value) > 900:
-        raise ValueError(f"List-Id must be ASCII and end in <list-id> (RFC 2919), got {value!r}")
+    list_part = value[value.rfind("<"):]
+    if not (value.endswith(">") and "<" in value and list_part.isascii() and " " not in list_part
+            and len(value) < 900):
+        raise ValueError(f"List-Id must end in <list-id> (RFC 2919), got {value!r}")
