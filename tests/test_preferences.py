@@ -233,3 +233,21 @@ def test_an_old_rule_suppression_still_stops_its_rule_in_a_category(client, stor
     assert post_and_decide(client, payload("u1", ONBOARDING, FIRST_CALL), AUTH).json["queued"] == 2
     assert deliver_everything(config_data) == {
         "NoFirstApiCall": "suppressed", "FirstSuccessfulCall": "sent"}
+
+
+# --- by hand ---------------------------------------------------------------------------------
+
+
+def test_cli_adds_lists_and_removes_a_category_suppression(runner, store):
+    added = runner("suppress", "add", "u1", "--category", "onboarding")
+    assert added.exit_code == 0 and "suppressed u1 for category onboarding" in added.output
+    assert store.suppressed_categories("u1") == {"onboarding"}
+    listed = runner("suppress", "list", "--user", "u1")
+    assert re.search(r"^u1\s+category:onboarding\s+cli\s", listed.output, re.M), listed.output
+    both = runner("suppress", "add", "u1", "--category", "x", "--rule", "y")
+    assert both.exit_code != 0 and "not both" in both.output
+    removed = runner("suppress", "remove", "u1", "--category", "onboarding")
+    assert removed.exit_code == 0, removed.output
+    assert store.suppressed_categories("u1") == set()
+    again = runner("suppress", "remove", "u1", "--category", "onboarding")
+    assert again.exit_code == 1 and "not suppressed for category onboarding" in again.output
