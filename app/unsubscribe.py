@@ -22,6 +22,7 @@ import time
 from flask import Blueprint, current_app, render_template, request, url_for
 
 from app.categories import (
+    OTHER_KEY,
     OTHER_TITLE,
     Choice,
     KnownCategory,
@@ -158,8 +159,9 @@ def _stop_own(link: Link, source: str) -> str:
 
 
 def _category_words(link: Link) -> str:
+    # Under "Other emails" the link stopped one category of several: name none of them.
     for choice in _state(link)[0]:
-        if choice.own:
+        if choice.own and choice.key != OTHER_KEY:
             return f"“{choice.title}” emails"
     return "these emails"
 

@@ -251,3 +251,13 @@ def test_cli_adds_lists_and_removes_a_category_suppression(runner, store):
     assert store.suppressed_categories("u1") == set()
     again = runner("suppress", "remove", "u1", "--category", "onboarding")
     assert again.exit_code == 1 and "not suppressed for category onboarding" in again.output
+
+
+def test_one_click_on_an_untitled_category_stops_only_it_and_names_no_alert(client, store):
+    token = make_category_token(SECRET, "u1", "QuotaNearlyExhausted")
+    response = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "Done: you will not receive these emails any more." in html
+    assert "QuotaNearlyExhausted" not in html
+    assert store.suppressed_categories("u1") == {"QuotaNearlyExhausted"}
