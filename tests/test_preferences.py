@@ -261,3 +261,18 @@ def test_one_click_on_an_untitled_category_stops_only_it_and_names_no_alert(clie
     assert "Done: you will not receive these emails any more." in html
     assert "QuotaNearlyExhausted" not in html
     assert store.suppressed_categories("u1") == {"QuotaNearlyExhausted"}
+
+
+def test_the_page_templates_are_installed_with_nudge():
+    """`pip install` ships only the package data pyproject.toml names: every page template
+    must match it, or an installed Nudge answers the link with an error."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["app"]
+    templates = [p.relative_to(ROOT / "app") for p in (ROOT / "app" / "templates").rglob("*")
+                 if p.is_file()]
+    assert templates
+    assert [t for t in templates if not any(t.match(p) for p in patterns)] == []
