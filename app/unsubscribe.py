@@ -90,7 +90,7 @@ def _own_category(link: Link, known_pairs: list[tuple[str, dict[str, str]]]) -> 
 
 
 def _state(link: Link):
-    """(choices, all stopped?, own category) of the page for this link's user."""
+    """(choices, all stopped?) of the page for this link's user."""
     db = store()
     pairs = _catalog().for_user(db, link.user_id)
     own = _own_category(link, pairs)
@@ -99,7 +99,7 @@ def _state(link: Link):
         known[own] = KnownCategory(own, None)
     stopped = db.suppressed_categories(link.user_id)
     scopes = db.suppression_scopes(link.user_id)
-    return preference_choices(known, stopped, own), ALL in scopes, own
+    return preference_choices(known, stopped, own), ALL in scopes
 
 
 def _read(token: str) -> Link | None:
@@ -115,7 +115,7 @@ def preferences(token: str):
     if link is None:
         return _invalid_link()
     try:
-        choices, all_stopped, _ = _state(link)
+        choices, all_stopped = _state(link)
     except StorageError as exc:
         return _unavailable(link, exc)
     return _render(token, "Email preferences", choices=choices, all_stopped=all_stopped)
@@ -134,16 +134,16 @@ def unsubscribe(token: str):
         else:
             words = _stop_chosen(link, key)
         if words is None:
-            choices, all_stopped, _ = _state(link)
+            choices, all_stopped = _state(link)
             return _render(token, "Email preferences", 400, choices=choices,
                            all_stopped=all_stopped,
                            problem="That choice is no longer offered. Nothing was changed: "
                                    "choose again below.")
-        choices, all_stopped, _ = _state(link)
+        choices, all_stopped = _state(link)
     except StorageError as exc:
         return _unavailable(link, exc)
     return _render(token, "You are unsubscribed", choices=choices, all_stopped=all_stopped,
-                   confirmation=f"Done: you will not receive {words} any more.", back=False)
+                   confirmation=f"Done: you will not receive {words} any more.")
 
 
 def _stop_own(link: Link, source: str) -> str:
@@ -173,7 +173,7 @@ def _stop_chosen(link: Link, key: str) -> str | None:
         store().add_suppression(link.user_id, ALL, "page", now)
         log.info("unsubscribed user=%s scope=%s via page", link.user_id, ALL)
         return "any emails from us"
-    choices, _, _ = _state(link)
+    choices, _ = _state(link)
     chosen: Choice | None = next((c for c in choices if c.key == key), None)
     if chosen is None:
         return None
