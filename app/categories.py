@@ -132,6 +132,7 @@ class Choice:
     categories: tuple[str, ...]
     stopped: bool
     own: bool  # the category of the email the link came from
+    resumable: bool = False  # stopped by the recipient (not by an operator): they may undo it
 
 
 def category_key(category: str) -> str:
@@ -139,14 +140,20 @@ def category_key(category: str) -> str:
 
 
 def preference_choices(known: Mapping[str, KnownCategory], stopped: set[str],
-                       own: str | None) -> list[Choice]:
-    """The page's lines: titled categories by title, then one OTHER_TITLE line for the rest."""
+                       own: str | None, stopped_by_recipient: set[str] = frozenset()
+                       ) -> list[Choice]:
+    """The page's lines: titled categories by title, then one OTHER_TITLE line for the rest.
+    `stopped_by_recipient`: the stopped categories the recipient stopped themselves (an
+    operator's `nudge suppress` is not theirs to undo)."""
+    def choice(key: str, title: str, names: tuple[str, ...]) -> Choice:
+        is_stopped = all(name in stopped for name in names)
+        return Choice(key, title, names, is_stopped, own in names,
+                      is_stopped and all(name in stopped_by_recipient for name in names))
+
     titled = sorted((c for c in known.values() if c.title is not None),
                     key=lambda c: (c.title.casefold(), c.name))
-    choices = [Choice(category_key(c.name), c.title, (c.name,), c.name in stopped, c.name == own)
-               for c in titled]
+    choices = [choice(category_key(c.name), c.title, (c.name,)) for c in titled]
     untitled = tuple(sorted(c.name for c in known.values() if c.title is None))
     if untitled:
-        choices.append(Choice(OTHER_KEY, OTHER_TITLE, untitled,
-                              all(name in stopped for name in untitled), own in untitled))
+        choices.append(choice(OTHER_KEY, OTHER_TITLE, untitled))
     return choices

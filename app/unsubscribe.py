@@ -38,6 +38,10 @@ from app.suppressions import ALL, InvalidToken, Link, read_link
 log = logging.getLogger("nudge.unsubscribe")
 blueprint = Blueprint("unsubscribe", __name__, template_folder="templates")
 
+# Suppressions a recipient made, and may undo on the page; others (`nudge suppress`, "cli")
+# are the operator's.
+RECIPIENT_SOURCES = ("page", "link", "one-click")
+
 HEADERS = {
     "Cache-Control": "no-store",
     # The URL is the user's key: no Referer with it, no framing, forms only to ourselves.
@@ -97,9 +101,14 @@ def _state(link: Link):
     known = known_categories(pairs)
     if own is not None and own not in known:
         known[own] = KnownCategory(own, None)
-    stopped = db.suppressed_categories(link.user_id)
-    scopes = db.suppression_scopes(link.user_id)
-    return preference_choices(known, stopped, own), ALL in scopes
+    rows = db.list_category_suppressions(link.user_id)
+    stopped = {row["category"] for row in rows}
+    theirs = {row["category"] for row in rows if row["source"] in RECIPIENT_SOURCES}
+    everything = [row for row in db.list_suppressions(link.user_id) if row["scope"] == ALL]
+    all_stopped = None
+    if everything:
+        all_stopped = "theirs" if everything[0]["source"] in RECIPIENT_SOURCES else "operator"
+    return preference_choices(known, stopped, own, theirs), all_stopped
 
 
 def _read(token: str) -> Link | None:
@@ -127,12 +136,18 @@ def unsubscribe(token: str):
     if link is None:
         return _invalid_link()
     key = request.form.get("stop")
+    resume = request.form.get("resume")
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
     try:
-        if key is None:
+        if resume is not None:
+            words = _resume_chosen(link, resume)
+            confirmation = f"Done: you will receive {words} again."
+        elif key is None:
             words = _stop_own(link, "one-click" if one_click else "link")
+            confirmation = f"Done: you will not receive {words} any more."
         else:
             words = _stop_chosen(link, key)
+            confirmation = f"Done: you will not receive {words} any more."
         if words is None:
             choices, all_stopped = _state(link)
             return _render(token, "Email preferences", 400, choices=choices,
@@ -142,8 +157,9 @@ def unsubscribe(token: str):
         choices, all_stopped = _state(link)
     except StorageError as exc:
         return _unavailable(link, exc)
-    return _render(token, "You are unsubscribed", choices=choices, all_stopped=all_stopped,
-                   confirmation=f"Done: you will not receive {words} any more.")
+    heading = "Email preferences" if resume is not None else "You are unsubscribed"
+    return _render(token, heading, choices=choices, all_stopped=all_stopped,
+                   confirmation=confirmation)
 
 
 def _stop_own(link: Link, source: str) -> str:
@@ -183,3 +199,22 @@ def _stop_chosen(link: Link, key: str) -> str | None:
              ",".join(chosen.categories))
     return f"“{chosen.title}” emails" if chosen.title != OTHER_TITLE else "the other emails"
 
+
+
+def _resume_chosen(link: Link, key: str) -> str | None:
+    """Undo a stop the recipient made: `all`, or a stopped choice the page offers to resume."""
+    choices, all_stopped = _state(link)
+    if key == "all":
+        if all_stopped != "theirs":
+            return None
+        store().remove_suppression(link.user_id, ALL)
+        log.info("resubscribed user=%s scope=%s via page", link.user_id, ALL)
+        return "our emails"
+    chosen = next((c for c in choices if c.key == key and c.resumable), None)
+    if chosen is None:
+        return None
+    for category in chosen.categories:
+        store().remove_category_suppression(link.user_id, category)
+    log.info("resubscribed user=%s categories=%s via page", link.user_id,
+             ",".join(chosen.categories))
+    return f"“{chosen.title}” emails"

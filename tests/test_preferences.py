@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.categories import category_key
 from app.suppressions import ALL, make_category_token, make_token
 from tests.conftest import TOKEN, post_and_decide
 from tests.test_unsubscribe import deliver_everything
@@ -276,3 +277,48 @@ def test_the_page_templates_are_installed_with_nudge():
                  if p.is_file()]
     assert templates
     assert [t for t in templates if not any(t.match(p) for p in patterns)] == []
+
+
+# --- undoing a stop --------------------------------------------------------------------------
+
+
+def test_a_recipient_can_resume_a_category_they_stopped(client, store):
+    token = make_category_token(SECRET, "u1", "onboarding")
+    key = choices(page(client, token))["Getting started"]
+    client.post(f"/unsubscribe/{token}", data={"stop": key})
+    html = page(client, token)
+    assert f'name="resume" value="{key}"' in html
+    response = client.post(f"/unsubscribe/{token}", data={"resume": key})
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "Done: you will receive “Getting started” emails again." in html
+    assert choices(html)["Getting started"] == key  # offered to stop again
+    assert store.list_category_suppressions() == []
+
+
+def test_an_operators_suppression_is_not_the_recipients_to_undo(client, store, runner):
+    assert runner("suppress", "add", "u1", "--category", "onboarding").exit_code == 0
+    token = make_category_token(SECRET, "u1", "onboarding")
+    html = page(client, token)
+    assert choices(html)["Getting started"] is None and 'name="resume"' not in html
+    key = re.search(r'<li><span><span class="title">Getting started.*?</li>', html, re.S)
+    assert key and "Stopped" in key.group(0)
+    response = client.post(f"/unsubscribe/{token}", data={"resume": category_key("onboarding")})
+    assert response.status_code == 400
+    assert store.suppressed_categories("u1") == {"onboarding"}
+
+
+def test_everything_stopped_by_the_recipient_can_be_resumed_by_them_only(client, store, runner):
+    token = make_category_token(SECRET, "u1", "onboarding")
+    client.post(f"/unsubscribe/{token}", data={"stop": "all"})
+    assert 'id="resume-all"' in page(client, token)
+    response = client.post(f"/unsubscribe/{token}", data={"resume": "all"})
+    assert response.status_code == 200
+    assert "Done: you will receive our emails again." in response.get_data(as_text=True)
+    assert store.list_suppressions() == []
+
+    assert runner("suppress", "add", "u1").exit_code == 0  # the operator's "all"
+    html = page(client, token)
+    assert "Please contact us" in html and 'id="resume-all"' not in html
+    assert client.post(f"/unsubscribe/{token}", data={"resume": "all"}).status_code == 400
+    assert [r["scope"] for r in store.list_suppressions()] == [ALL]
