@@ -92,6 +92,11 @@ def list_id(category: str, title: str | None, domain: str) -> str:
     return f"{phrase} {value}"
 
 
+def email_list_id(rule: str, annotations: Mapping[str, str], domain: str) -> str:
+    """The List-Id of an email of `rule` with these (the alert's) annotations."""
+    return list_id(category_of(rule, annotations), title_of(rule, annotations), domain)
+
+
 def _is_host_name(domain: str) -> bool:
     try:
         ipaddress.ip_address(domain)

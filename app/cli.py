@@ -427,13 +427,18 @@ class _Preview:
         return context
 
     def compose(self, context: dict, message_id: str):
+        from urllib.parse import urlsplit
+
+        from app.categories import email_list_id
         from app.compose import compose
         from app.rendering import build_environment
 
+        domain = urlsplit(self.config.public_url).hostname or "nudge.localhost"
         return compose(build_environment(self.config.templates_dir), self.template, context,
                        resolved=self.resolved, sender=self.config.smtp_from,
                        message_id=message_id, list_unsubscribe_url=context["unsubscribe_url"],
-                       reply_to=self.config.smtp_reply_to)
+                       reply_to=self.config.smtp_reply_to,
+                       list_id=email_list_id(context["rule"], context["annotations"], domain))
 
 
 @main.command()

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import metrics
-from app.categories import category_of, list_id, title_of
+from app.categories import category_of, email_list_id
 from app.circuit import DIRECTORY, RECIPIENT, SETUP, SMTP, SendingGate
 from app.compose import alert_context, compose
 from app.config import Config
@@ -155,8 +155,7 @@ class Deliverer:
                 message_id=message_id_for(delivery.id, self.message_domain),
                 list_unsubscribe_url=link,
                 reply_to=self.config.smtp_reply_to,
-                list_id=list_id(category, title_of(delivery.rule, annotations),
-                                self.message_domain),
+                list_id=email_list_id(delivery.rule, annotations, self.message_domain),
             ).message
         except TemplateError as exc:
             return self._fail(delivery, "render_error", f"template error: {exc}", where,

@@ -322,3 +322,9 @@ def test_everything_stopped_by_the_recipient_can_be_resumed_by_them_only(client,
     assert "Please contact us" in html and 'id="resume-all"' not in html
     assert client.post(f"/unsubscribe/{token}", data={"resume": "all"}).status_code == 400
     assert [r["scope"] for r in store.list_suppressions()] == [ALL]
+
+
+def test_preview_shows_the_list_id_the_email_will_carry(runner):
+    result = runner("preview", "onboarding_first_call", "--format", "eml")
+    assert result.exit_code == 0, result.output
+    assert 'List-Id: "Getting started" <onboarding.nudge.example.com>' in result.output
