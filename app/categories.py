@@ -23,15 +23,21 @@ MAX_CATEGORY_LENGTH = 64
 MAX_TITLE_LENGTH = 80
 
 
+def _one_line(value: object) -> str:
+    # Annotations arrive as Prometheus rendered them: a stray line break or run of spaces
+    # must not fail an email (a header cannot hold it) nor split one category in two.
+    return " ".join(str(value).split())
+
+
 def category_of(rule: str, annotations: Mapping[str, str]) -> str:
     """The category of an email of `rule`: its `nudge_category`, else the rule's name."""
-    return str(annotations.get(CATEGORY_ANNOTATION, "")).strip() or rule
+    return _one_line(annotations.get(CATEGORY_ANNOTATION, "")) or rule
 
 
 def title_of(rule: str, annotations: Mapping[str, str]) -> str | None:
     """What recipients may read as the category's name; None when only the alertname is
     known (no title, and no category of its own)."""
-    title = str(annotations.get(TITLE_ANNOTATION, "")).strip()
+    title = _one_line(annotations.get(TITLE_ANNOTATION, ""))
     if title:
         return title
     category = category_of(rule, annotations)
@@ -85,6 +91,7 @@ def list_id(category: str, title: str | None, domain: str) -> str:
     value = f"<{list_label(category)}.{namespace}>"
     if not title:
         return value
+    title = title[:MAX_TITLE_LENGTH]
     if title.isascii():
         phrase = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
     else:

@@ -35,6 +35,15 @@ def test_category_defaults_to_the_alertname_and_title_to_the_category():
     assert title_of("QuotaNearlyExhausted", {"nudge_category": "QuotaNearlyExhausted"}) is None
 
 
+def test_whatever_prometheus_renders_still_makes_a_sendable_email():
+    annotations = {"nudge_category": " usage\n and  quota ", "nudge_title": "Usage\r\nand quota" * 30}
+    assert category_of("R", annotations) == "usage and quota"
+    value = list_id(category_of("R", annotations), title_of("R", annotations), "example.com")
+    build_message(sender="a@example.com", recipient="b@example.com", subject="s", text="t",
+                  html=None, message_id="<1@example.com>",
+                  unsubscribe_url="https://nudge.example.com/unsubscribe/x", list_id=value)
+
+
 def test_list_label_keeps_simple_names_and_keeps_distinct_ones_distinct():
     assert list_label("billing") == "billing"
     assert list_label("product-news") == "product-news"
