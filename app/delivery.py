@@ -120,7 +120,7 @@ class Deliverer:
         if stopped:
             metrics.EMAILS_SUPPRESSED.labels(delivery.template).inc()
             log.info("%s suppressed: the user %s", where, stopped)
-            return self._settle(delivery, SUPPRESSED, error="user unsubscribed")
+            return self._settle(delivery, SUPPRESSED, error=f"user {stopped}")
 
         static = self.static.lookup(delivery.user_id) if self.static else None
         directory = self.directory.lookup(delivery.user_id) if self.directory else None

@@ -159,6 +159,8 @@ def test_stopping_one_category_on_the_page_confirms_and_stops_only_it(client, st
     assert deliver_everything(config_data) == {
         "NoFirstApiCall": "suppressed", "FirstSuccessfulCall": "suppressed", "UsageDropped": "sent"}
     assert [str(m["Subject"]) for m in outbox(config_data)] == ["Your Acme API usage has dropped"]
+    (row,) = store.list_deliveries(rule="FirstSuccessfulCall")
+    assert row["last_error"] == "user unsubscribed from category 'onboarding'"  # nudge deliveries
 
 
 def test_stopping_other_emails_stops_every_untitled_category(client, store):
@@ -234,6 +236,8 @@ def test_an_old_rule_suppression_still_stops_its_rule_in_a_category(client, stor
     assert post_and_decide(client, payload("u1", ONBOARDING, FIRST_CALL), AUTH).json["queued"] == 2
     assert deliver_everything(config_data) == {
         "NoFirstApiCall": "suppressed", "FirstSuccessfulCall": "sent"}
+    (row,) = store.list_deliveries(rule="NoFirstApiCall")
+    assert row["last_error"] == "user unsubscribed from rule NoFirstApiCall"
 
 
 # --- by hand ---------------------------------------------------------------------------------
