@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: help venv install install-unlocked install-test binaries postgresql run worker demo-api test lint check demo bench clean
+.PHONY: help venv install install-unlocked install-test binaries postgresql chromium run worker demo-api test lint check demo bench clean
 
 help:
 	@echo "make run    - install and start Nudge (receiver + delivery) on http://127.0.0.1:8080"
@@ -37,7 +37,7 @@ $(VENV)/.test-deps: $(BIN)/nudge pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-install-test: install $(VENV)/.test-deps binaries postgresql
+install-test: install $(VENV)/.test-deps binaries postgresql chromium
 
 # A real PostgreSQL server for the PostgreSQL engine's tests (each test session runs a
 # throwaway cluster of its own), and docker-compose to check the compose files.
@@ -57,6 +57,23 @@ postgresql:
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	        --no-install-recommends docker-compose >/dev/null; }
+
+# Debian's headless chromium and its WebDriver, for the preference page's browser tests (the
+# tests drive them with selenium; no browser is downloaded). CHROMIUM_BIN/CHROMEDRIVER_BIN
+# point at others.
+chromium:
+	@if [ -n "$$CHROMIUM_BIN" ] && [ -n "$$CHROMEDRIVER_BIN" ]; then :; \
+	elif command -v chromium >/dev/null \
+	    && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "Installing chromium and chromium-driver from the distribution's packages"; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	        chromium chromium-driver >/dev/null; \
+	else \
+	    echo "chromium/chromedriver not found: install them or set CHROMIUM_BIN and CHROMEDRIVER_BIN"; exit 1; \
+	fi
 
 # Real Prometheus, Alertmanager, promtool and amtool for the rule and end-to-end tests.
 binaries:

@@ -25,6 +25,8 @@ from app.durations import parse_cooldown
 from app.policy import COOLDOWN_ANNOTATION, SEND_RESOLVED_ANNOTATION
 from app.rendering import build_environment, has_resolved_variant, list_templates
 from app.rule_checks import (
+    category_problems,
+    category_warnings,
     promtool_check_rules,
     promtool_path,
     promtool_unit_tests,
@@ -160,6 +162,8 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
     for rule in rules:
         problems.extend(check_rule(rule, config, templates))
         warnings.extend(rule_warnings(rule, config))
+        problems.extend(category_problems(rule))
+    warnings.extend(category_warnings(rules, config))
     for alertname, override in config.rule_overrides.items():
         if override.template and override.template not in templates:
             problems.append(

@@ -356,9 +356,17 @@ def suppress() -> None:
 @suppress.command("add")
 @click.argument("user_id")
 @click.option("--rule", help="Suppress only this rule's emails (default: all emails).")
+@click.option("--category", help="Suppress only this category's emails (a rule's nudge_category; "
+              "by default its alertname).")
 @pass_context
-def suppress_add(ctx: Context, user_id: str, rule: str | None) -> None:
-    """Stop emails to USER_ID (all of them, or one rule's)."""
+def suppress_add(ctx: Context, user_id: str, rule: str | None, category: str | None) -> None:
+    """Stop emails to USER_ID (all of them, one rule's or one category's)."""
+    if category is not None:
+        _only_one(rule, category)
+        new = ctx.store().add_category_suppression(user_id, category, "cli", time.time())
+        click.echo(f"suppressed {user_id} for category {category}"
+                   + ("" if new else " (already suppressed)"))
+        return
     scope = rule or ALL
     new = ctx.store().add_suppression(user_id, scope, "cli", time.time())
     what = "all emails" if scope == ALL else f"rule {scope}"
@@ -368,9 +376,16 @@ def suppress_add(ctx: Context, user_id: str, rule: str | None) -> None:
 @suppress.command("remove")
 @click.argument("user_id")
 @click.option("--rule", help="Remove only this rule's suppression (default: the 'all' one).")
+@click.option("--category", help="Remove only this category's suppression.")
 @pass_context
-def suppress_remove(ctx: Context, user_id: str, rule: str | None) -> None:
+def suppress_remove(ctx: Context, user_id: str, rule: str | None, category: str | None) -> None:
     """Allow emails to USER_ID again."""
+    if category is not None:
+        _only_one(rule, category)
+        if not ctx.store().remove_category_suppression(user_id, category):
+            raise click.ClickException(f"{user_id} is not suppressed for category {category}")
+        click.echo(f"removed suppression of {user_id} (category {category})")
+        return
     scope = rule or ALL
     if not ctx.store().remove_suppression(user_id, scope):
         what = "all emails" if scope == ALL else f"rule {scope}"
@@ -378,13 +393,22 @@ def suppress_remove(ctx: Context, user_id: str, rule: str | None) -> None:
     click.echo(f"removed suppression of {user_id} ({'all' if scope == ALL else scope})")
 
 
+def _only_one(rule: str | None, category: str | None) -> None:
+    if rule is not None and category is not None:
+        raise click.UsageError("give --rule or --category, not both")
+
+
 @suppress.command("list")
 @click.option("--user", help="Only this user id.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_context
 def suppress_list(ctx: Context, user: str | None, as_json: bool) -> None:
-    """List suppressed users and scopes."""
-    rows = ctx.store().list_suppressions(user)
+    """List suppressed users and scopes (a category's scope reads `category:NAME`)."""
+    store = ctx.store()
+    rows = store.list_suppressions(user) + [
+        {"user_id": row["user_id"], "scope": f"category:{row['category']}",
+         "category": row["category"], "source": row["source"], "created_at": row["created_at"]}
+        for row in store.list_category_suppressions(user)]
     _print_rows(rows, ["user_id", "scope", "source", "created_at"], as_json, "no suppressions")
 
 
@@ -524,13 +548,18 @@ class _Preview:
         return context
 
     def compose(self, context: dict, message_id: str):
+        from urllib.parse import urlsplit
+
+        from app.categories import email_list_id
         from app.compose import compose
         from app.rendering import build_environment
 
+        domain = urlsplit(self.config.public_url).hostname or "nudge.localhost"
         return compose(build_environment(self.config.templates_dir), self.template, context,
                        resolved=self.resolved, sender=self.config.smtp_from,
                        message_id=message_id, list_unsubscribe_url=context["unsubscribe_url"],
-                       reply_to=self.config.smtp_reply_to)
+                       reply_to=self.config.smtp_reply_to,
+                       list_id=email_list_id(context["rule"], context["annotations"], domain))
 
 
 @main.command()

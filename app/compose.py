@@ -68,6 +68,7 @@ def compose(
     message_id: str,
     list_unsubscribe_url: str,
     reply_to: str | None = None,
+    list_id: str | None = None,
 ) -> Composed:
     """Render `template` with `context` and build the message to `context["recipient"]`.
 
@@ -82,5 +83,6 @@ def compose(
         message_id=message_id,
         unsubscribe_url=list_unsubscribe_url,
         reply_to=reply_to,
+        list_id=list_id,
     )
     return Composed(rendered, message)

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app import metrics
+from app.categories import category_of, email_list_id
 from app.circuit import DIRECTORY, RECIPIENT, SETUP, SMTP, SendingGate
 from app.compose import alert_context, compose
 from app.config import Config
@@ -27,7 +28,7 @@ from app.messages import message_id_for
 from app.recipients import choose_recipient
 from app.rendering import TemplateError
 from app.store import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, StorageError, Store
-from app.suppressions import ALL, is_suppressed, unsubscribe_url
+from app.suppressions import preferences_url, suppressed_by
 from app.template_set import TemplateSet
 from app.transports import RateLimiter, Transport, TransportError
 
@@ -112,10 +113,14 @@ class Deliverer:
             return self._give_up(delivery, "its earlier attempts ended without an outcome "
                                  "(worker stopped)", where)
 
-        if is_suppressed(self.store.suppression_scopes(delivery.user_id), delivery.rule):
+        annotations = delivery.alert.get("annotations") or {}
+        category = category_of(delivery.rule, annotations)
+        stopped = suppressed_by(self.store.suppression_scopes(delivery.user_id), delivery.rule,
+                                self.store.suppressed_categories(delivery.user_id), category)
+        if stopped:
             metrics.EMAILS_SUPPRESSED.labels(delivery.template).inc()
-            log.info("%s suppressed: the user unsubscribed", where)
-            return self._settle(delivery, SUPPRESSED, error="user unsubscribed")
+            log.info("%s suppressed: the user %s", where, stopped)
+            return self._settle(delivery, SUPPRESSED, error=f"user {stopped}")
 
         static = self.static.lookup(delivery.user_id) if self.static else None
         directory = self.directory.lookup(delivery.user_id) if self.directory else None
@@ -132,15 +137,14 @@ class Deliverer:
                 return self._retry(delivery, choice.reason, where)
             return self._fail(delivery, "no_recipient", choice.reason, where)
 
-        body_link = unsubscribe_url(
-            self.config.public_url, self.secret_key, delivery.user_id, delivery.rule
-        )
-        header_link = unsubscribe_url(self.config.public_url, self.secret_key, delivery.user_id, ALL)
+        # One link for both: the body's opens the preference page (GET), the header's is
+        # RFC 8058's one-click POST, which stops this email's category.
+        link = preferences_url(self.config.public_url, self.secret_key, delivery.user_id, category)
         context = template_context(
             delivery,
             user=choice.user,
             recipient=choice.address,
-            unsubscribe=body_link,
+            unsubscribe=link,
             now=datetime.now(UTC),
         )
         try:
@@ -149,8 +153,9 @@ class Deliverer:
                 resolved=delivery.kind == "resolved",
                 sender=self.config.smtp_from,
                 message_id=message_id_for(delivery.id, self.message_domain),
-                list_unsubscribe_url=header_link,
+                list_unsubscribe_url=link,
                 reply_to=self.config.smtp_reply_to,
+                list_id=email_list_id(delivery.rule, annotations, self.message_domain),
             ).message
         except TemplateError as exc:
             return self._fail(delivery, "render_error", f"template error: {exc}", where,

@@ -51,6 +51,7 @@ def build_message(
     unsubscribe_url: str,
     date: datetime | None = None,
     reply_to: str | None = None,
+    list_id: str | None = None,
 ) -> EmailMessage:
     """Build one email: text only, or multipart/alternative (text, then HTML) when html is given.
 
@@ -67,6 +68,9 @@ def build_message(
     }
     if reply_to is not None:
         headers["Reply-To"] = reply_to
+    if list_id is not None:
+        headers["List-Id"] = list_id
+        _require_list_id(list_id)
     for name, value in headers.items():
         _reject_line_breaks(name, value)
     for name in ("From", "To", "Reply-To"):
@@ -89,6 +93,8 @@ def build_message(
     message["Message-ID"] = message_id
     message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if list_id is not None:
+        message["List-Id"] = list_id
     message.set_content(text, cte=_transfer_encoding(text))
     if html is not None:
         message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
@@ -152,3 +158,10 @@ def _require_unsubscribe_url(url: str) -> None:
             f"unsubscribe URL must be an http(s) URL of at most {MAX_URL_LENGTH} ASCII "
             f"characters without spaces or angle brackets, got {url!r}"
         )
+
+
+def _require_list_id(value: str) -> None:
+    list_part = value[value.rfind("<"):]
+    if not (value.endswith(">") and "<" in value and list_part.isascii() and " " not in list_part
+            and len(value) < 900):
+        raise ValueError(f"List-Id must end in <list-id> (RFC 2919), got {value!r}")

@@ -13,6 +13,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from app.categories import (
+    CATEGORY_ANNOTATION,
+    TITLE_ANNOTATION,
+    category_of,
+    category_problem,
+    title_of,
+    title_problem,
+)
 from app.config import Config
 from app.durations import format_duration
 from app.policy import COOLDOWN_ANNOTATION, SEND_RESOLVED_ANNOTATION
@@ -84,6 +92,49 @@ def rule_warnings(rule: RuleEntry, config: Config) -> list[str]:
 def keeps_label(rule: RuleEntry, label: str) -> bool:
     """Whether the rule's alerts carry `label`: a static label, or named in the expression."""
     return label in rule.labels or re.search(rf"\b{re.escape(label)}\b", rule.expr) is not None
+
+
+# --- categories (nudge_category, nudge_title) ----------------------------------------------------
+
+
+def category_problems(rule: RuleEntry) -> list[str]:
+    """A `nudge_category` or `nudge_title` the preference page cannot list, with file:line."""
+    problems = []
+    for name, problem_of in ((CATEGORY_ANNOTATION, category_problem),
+                             (TITLE_ANNOTATION, title_problem)):
+        if name in rule.annotations:
+            problem = problem_of(str(rule.annotations[name]))
+            if problem:
+                problems.append(f"{rule.file}:{rule.line_of('annotations', name)}: "
+                                f"{rule.alert}: {problem}")
+    return problems
+
+
+def category_warnings(rules: Sequence[RuleEntry], config: Config) -> list[str]:
+    """Rules of one category that give it different titles: recipients see only the first
+    (rules in file order), so the others are probably a slip."""
+    first: dict[str, tuple[str, RuleEntry]] = {}
+    warnings = []
+    for rule in rules:
+        if not rule.labels.get(config.template_label) and not (
+                (override := config.rule_overrides.get(rule.alert)) and override.template):
+            continue
+        if category_problems(rule):
+            continue
+        category = category_of(rule.alert, rule.annotations)
+        title = title_of(rule.alert, rule.annotations)
+        if title is None or TITLE_ANNOTATION not in rule.annotations:
+            continue
+        if category not in first:
+            first[category] = (title, rule)
+        elif first[category][0] != title:
+            seen_title, seen = first[category]
+            warnings.append(
+                f"{rule.file}:{rule.line_of('annotations', TITLE_ANNOTATION)}: warning: "
+                f"{rule.alert}: category {category!r} is titled {seen_title!r} by {seen.alert} "
+                f"({seen.file}:{seen.line_of('annotations', TITLE_ANNOTATION)}) but {title!r} "
+                f"here: recipients see {seen_title!r}")
+    return warnings
 
 
 # --- promtool ----------------------------------------------------------------------------------

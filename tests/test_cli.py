@@ -142,7 +142,8 @@ def test_deliveries_attempts_shows_every_attempt_under_each_delivery(history, ru
     assert result.exit_code == 0, result.output
     header, row, attempt = lines(result.output)
     assert header.split()[0] == "ID" and row.split()[0] == "1"
-    assert re.fullmatch(r"\s+attempt 1 \S+ suppressed user unsubscribed", attempt), attempt
+    assert re.fullmatch(r"\s+attempt 1 \S+ suppressed user unsubscribed from all emails",
+                        attempt), attempt
 
     sent = lines(runner("deliveries", "--attempts", "--user", "u3").output)
     assert re.fullmatch(r"\s+attempt 1 \S+ sent", sent[-1]), sent

@@ -226,7 +226,7 @@ def test_done_when_one_email_no_repeat_and_one_click_unsubscribe_stops_next_epis
         payload["alerts"][0]["startsAt"] = "2026-11-23T08:00:00Z"
         assert post(client, payload)["queued"] == 1
         rows = wait_for_statuses(config, {1: "sent", 2: "suppressed"})
-        assert rows[1]["last_error"] == "user unsubscribed"
+        assert rows[1]["last_error"] == "user unsubscribed from category 'NoFirstApiCall'"
         time.sleep(0.3)
         assert len(smtp.messages) == 1
 

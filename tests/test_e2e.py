@@ -7,6 +7,7 @@ and an aiosmtpd server. The steps share one running loop and run in order.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 
@@ -14,6 +15,7 @@ import pytest
 import requests
 
 from demo_api.loop import Loop
+from tests.browser import chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -133,18 +135,45 @@ def test_nudge_killed_mid_way_loses_nothing_and_sends_no_duplicates(loop):
     assert [m["To"] for m in new] == ["ken@example.com"]
 
 
-def test_unsubscribed_user_gets_nothing_further(loop):
+def test_one_click_unsubscribe_stops_the_emails_category_and_nothing_else(loop):
     (quota,) = emails(loop, to="grace@example.com")
+    assert str(quota["List-Id"]).startswith('"Usage and quota" <usage.')
     url = quota["List-Unsubscribe"].strip("<>")
     response = requests.post(url, data="List-Unsubscribe=One-Click", timeout=10,
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert response.status_code == 200
+    assert query(loop, "SELECT category, source FROM category_suppressions WHERE user_id = 'u2'"
+                 ) == [("usage", "one-click")]
+    # Billing is another category: Grace's failed payment is still emailed.
     loop.demo("POST", "/admin/users/u2/payment", json={"status": "failed"}).raise_for_status()
+    wait_for(lambda: emails(loop, "grace@example.com", "payment didn't go through"), 90,
+             "Grace's payment email")
+    assert len(emails(loop, to="grace@example.com")) == 2
 
-    def suppressed():
+
+def test_a_category_stopped_in_the_browser_stops_it_and_nothing_else(loop):
+    """Ken (his payment failed while Nudge was down) stops "Billing and payments" on the page
+    the link in that email opens: the payment-fixed email is not sent, a quota email is."""
+    (payment,) = emails(loop, to="ken@example.com")
+    body = payment.get_body(("plain",)).get_content()
+    (link,) = re.findall(re.escape(loop.urls["nudge"]) + r"/unsubscribe/\S+", body)
+    with chromium() as browser:
+        browser.get(link)
+        browser.find_element("css selector",
+                             "button[aria-label='Stop Billing and payments']").click()
+        wait_for(lambda: browser.find_elements("id", "confirmation"), 20, "the confirmation")
+        assert browser.find_element("id", "confirmation").text == (
+            "Done: you will not receive “Billing and payments” emails any more.")
+
+    loop.demo("POST", "/admin/users/u7/payment", json={"status": "ok"}).raise_for_status()
+    loop.demo("POST", "/admin/users/u7/quota", json={"used": 100000}).raise_for_status()
+
+    def resolved_suppressed():
         return query(loop, "SELECT 1 FROM deliveries WHERE rule = 'PaymentFailed' AND "
-                           "user_id = 'u2' AND status = 'suppressed'")
+                           "user_id = 'u7' AND kind = 'resolved' AND status = 'suppressed'")
 
-    wait_for(suppressed, 90, "Grace's payment email to be suppressed")
-    time.sleep(3)
-    assert len(emails(loop, to="grace@example.com")) == 1
+    wait_for(resolved_suppressed, 90, "Ken's payment-fixed email to be suppressed")
+    wait_for(lambda: emails(loop, "ken@example.com", "of your Acme API quota"), 90,
+             "Ken's quota email (another category)")
+    assert emails(loop, "ken@example.com", RESOLVED_SUBJECT) == []
+    assert len(emails(loop, to="ken@example.com")) == 2

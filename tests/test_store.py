@@ -351,6 +351,44 @@ def test_suppressions_add_once_list_and_remove(store):
     assert store.suppression_scopes("u1") == {"UsageDropped"}
 
 
+def test_category_suppressions_add_once_list_and_remove_apart_from_rule_ones(store):
+    assert store.add_category_suppression("u1", "Billing", "page", time.time())
+    assert not store.add_category_suppression("u1", "Billing", "one-click", time.time())
+    assert store.add_category_suppression("u1", "Quota ünd usage", "one-click", time.time())
+    assert store.suppressed_categories("u1") == {"Billing", "Quota ünd usage"}
+    assert store.suppressed_categories("u2") == set()
+    # A category and a rule (or "all") of the same name are different suppressions.
+    assert store.suppression_scopes("u1") == set()
+    assert [(r["user_id"], r["category"], r["source"])
+            for r in store.list_category_suppressions()] == [
+        ("u1", "Billing", "page"), ("u1", "Quota ünd usage", "one-click")]
+    assert store.list_category_suppressions("u2") == []
+    assert store.remove_category_suppression("u1", "Billing")
+    assert not store.remove_category_suppression("u1", "Billing")
+    assert store.suppressed_categories("u1") == {"Quota ünd usage"}
+
+
+def test_latest_annotations_by_rule_are_those_of_each_rules_newest_delivery(store):
+    def queue(rule: str, user: str, annotations: dict, key: str) -> None:
+        (notification_id,) = store.append_notifications([entry()])
+        alert = {"labels": {"alertname": rule, "user_id": user}, "annotations": annotations,
+                 "startsAt": "2026-11-22T20:04:34Z"}
+        delivery = new_delivery(notification_id, user, rule, key=key)
+        with store.deciding([notification_id]) as batch:
+            batch.add_delivery(NewDelivery(**{**delivery.__dict__, "alert_json": json.dumps(alert)}),
+                               time.time())
+
+    assert store.latest_annotations_by_rule("u1") == {}
+    queue("QuotaNearlyExhausted", "u1", {"nudge_category": "usage"}, "q1")
+    queue("QuotaNearlyExhausted", "u1", {"nudge_category": "usage", "nudge_title": "Usage"}, "q2")
+    queue("PaymentFailed", "u1", {}, "p1")
+    queue("PaymentFailed", "u2", {"nudge_title": "Not u1's"}, "p2")
+    assert store.latest_annotations_by_rule("u1") == {
+        "QuotaNearlyExhausted": {"nudge_category": "usage", "nudge_title": "Usage"},
+        "PaymentFailed": {},
+    }
+
+
 # --- several processes --------------------------------------------------------------------------
 
 APPENDER = """
@@ -484,6 +522,7 @@ def test_a_copy_carries_history_queue_cooldowns_and_suppressions(store, opened, 
     source.settle(claimed, SENT, time.time(), recipient="u1@example.com")
     waiting = queue_one(source, user="u2")
     source.add_suppression("u3", "*", "link", time.time())
+    source.add_category_suppression("u4", "Billing", "page", time.time())
     source.append_notifications([entry('{"pending": true}')])
 
     counts = store.import_rows(source.export_rows())
@@ -493,6 +532,7 @@ def test_a_copy_carries_history_queue_cooldowns_and_suppressions(store, opened, 
     assert store.list_decisions() == source.list_decisions()
     assert store.list_attempts(sent) == source.list_attempts(sent)
     assert store.suppression_scopes("u3") == {"*"}
+    assert store.suppressed_categories("u4") == {"Billing"}
     assert [p.body for p in store.pending_notifications(10, 100)] == ['{"pending": true}']
     with store.deciding([]) as batch:
         facts = batch.facts([f"NoFirstApiCall/u{n}/1" for n in (1, 2)],

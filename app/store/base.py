@@ -351,6 +351,27 @@ class Store(ABC):
     @abstractmethod
     def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]: ...
 
+    # A category groups rules for unsubscribing (app/categories.py); stopping one stops every
+    # rule in it, whatever suppressions by rule or "all" say.
+    @abstractmethod
+    def suppressed_categories(self, user_id: str) -> set[str]: ...
+
+    @abstractmethod
+    def add_category_suppression(self, user_id: str, category: str, source: str,
+                                 now: float) -> bool:
+        """True when this is new; stopping a category twice is harmless."""
+
+    @abstractmethod
+    def remove_category_suppression(self, user_id: str, category: str) -> bool: ...
+
+    @abstractmethod
+    def list_category_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def latest_annotations_by_rule(self, user_id: str) -> dict[str, dict[str, str]]:
+        """For each rule that has a delivery to this user, the annotations of its latest one:
+        the categories and titles of what this user was sent (or is about to be)."""
+
     # -- moving an installation ------------------------------------------------------------
     @abstractmethod
     def export_rows(self) -> Iterator[tuple[str, list[str], list[tuple]]]:
@@ -382,6 +403,7 @@ TABLES: dict[str, list[str]] = {
     "attempts": ["id", "delivery_id", "attempt", "started_at", "finished_at", "outcome",
                  "recipient", "error"],
     "suppressions": ["user_id", "scope", "source", "created_at"],
+    "category_suppressions": ["user_id", "category", "source", "created_at"],
 }
 
 

@@ -7,6 +7,7 @@ dicts) and inherits the rest.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,3 +88,24 @@ class Listings:
             query += f" LIMIT {mark}"
             params.append(int(limit))
         return self._rows(query, params) if statuses else []
+
+    def list_category_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        if user_id is None:
+            return self._rows("SELECT * FROM category_suppressions "
+                              "ORDER BY created_at, user_id, category", [])
+        return self._rows("SELECT * FROM category_suppressions WHERE user_id = "
+                          f"{self.PLACEHOLDER} ORDER BY created_at, category", [user_id])
+
+    def latest_annotations_by_rule(self, user_id: str) -> dict[str, dict[str, str]]:
+        mark = self.PLACEHOLDER
+        rows = self._rows(
+            "SELECT rule, alert FROM deliveries WHERE id IN (SELECT MAX(id) FROM deliveries "
+            f"WHERE user_id = {mark} GROUP BY rule)", [user_id])
+        found = {}
+        for row in rows:
+            try:
+                annotations = json.loads(row["alert"]).get("annotations") or {}
+            except (ValueError, AttributeError):
+                annotations = {}  # a stored alert is always a JSON object; never fail a page
+            found[row["rule"]] = {str(k): str(v) for k, v in annotations.items()}
+        return found

@@ -160,6 +160,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX attempts_finished ON attempts (finished_at);
     CREATE INDEX notifications_with_body ON notifications (decided_at) WHERE body <> '';
     """,
+    # Suppressions by category (a rule's `nudge_category`), beside those by rule and "all".
+    """
+    CREATE TABLE category_suppressions (
+        user_id TEXT NOT NULL,
+        category TEXT NOT NULL,
+        source TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, category)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 IDENTITY_TABLES = ("notifications", "deliveries", "decisions", "attempts")
@@ -593,6 +603,26 @@ class PostgresStore(Listings, Store):
         with self._transaction("cannot remove the suppression") as conn:
             return conn.execute("DELETE FROM suppressions WHERE user_id = %s AND scope = %s",
                                 (user_id, scope)).rowcount > 0
+
+    def suppressed_categories(self, user_id: str) -> set[str]:
+        with self._transaction("cannot read suppressions") as conn:
+            rows = conn.execute(
+                "SELECT category FROM category_suppressions WHERE user_id = %s", (user_id,))
+            return {row[0] for row in rows}
+
+    def add_category_suppression(self, user_id: str, category: str, source: str,
+                                 now: float) -> bool:
+        with self._transaction("cannot record the unsubscribe") as conn:
+            return conn.execute(
+                "INSERT INTO category_suppressions (user_id, category, source, created_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (user_id, category, source, iso(now))).rowcount == 1
+
+    def remove_category_suppression(self, user_id: str, category: str) -> bool:
+        with self._transaction("cannot remove the suppression") as conn:
+            return conn.execute(
+                "DELETE FROM category_suppressions WHERE user_id = %s AND category = %s",
+                (user_id, category)).rowcount > 0
 
     # -- moving an installation ------------------------------------------------------------
     def export_rows(self) -> Iterator[tuple[str, list[str], list[tuple]]]:
