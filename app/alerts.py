@@ -175,7 +175,8 @@ def parse_notification(data: Any) -> Notification:
     version = data.get("version")
     if version != "4":
         raise PayloadError(
-            f'unsupported payload version {version!r}: expected "4" (Alertmanager webhook_configs)'
+            f'unsupported payload version {_prefix(version)}: expected "4" (Alertmanager '
+            f'webhook_configs)'
         )
     alerts = data.get("alerts")
     if not isinstance(alerts, list):
@@ -231,7 +232,7 @@ def _parse_alert(data: Any, index: int) -> Alert:
         raise PayloadError(f"{where} must be an object")
     status = data.get("status")
     if status not in ("firing", "resolved"):
-        raise PayloadError(f"{where}.status must be 'firing' or 'resolved', got {status!r}")
+        raise PayloadError(f"{where}.status must be 'firing' or 'resolved', got {_prefix(status)}")
     if not isinstance(data.get("labels"), dict):
         raise PayloadError(f"{where}.labels must be an object of label names to strings")
     starts_at = data.get("startsAt")
@@ -279,6 +280,13 @@ def parse_time(text: str, where: str = "timestamp") -> datetime:
     if value.tzinfo is None:
         raise PayloadError(f"{where} has no time zone: {text[:64]!r}")
     return value.astimezone(UTC)
+
+
+def _prefix(value: Any, length: int = 40) -> str:
+    """A bad value as an error message shows it: its repr, cut to a short prefix (an error
+    must never echo back a megabyte a sender chose)."""
+    shown = repr(value)
+    return shown if len(shown) <= length else shown[:length] + "..."
 
 
 def _optional_str(data: dict, key: str) -> str:

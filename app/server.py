@@ -22,9 +22,11 @@ import threading
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
 
 from app import RECEIVER_THREADS
 from app.config import Config
+from app.log_escaping import escape_handlers
 from app.store import store_for
 
 log = logging.getLogger("nudge.server")
@@ -40,6 +42,7 @@ def configure_logging() -> None:
         stream=sys.stderr,
         force=True,
     )
+    escape_handlers(logging.getLogger())
 
 
 def prepare_metrics_dir(config: Config) -> Path:
@@ -148,6 +151,15 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
     return exit_code
 
 
+class EscapingGunicornLogger(GunicornLogger):
+    """gunicorn's own log lines quote request lines and headers: escaped like ours."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        escape_handlers(self.error_log)
+        escape_handlers(self.access_log)
+
+
 class NudgeGunicorn(BaseApplication):
     def __init__(self, config: Config, bind: str, workers: int):
         self.nudge_config = config
@@ -168,6 +180,7 @@ class NudgeGunicorn(BaseApplication):
             "proc_name": "nudge-receiver",
             "control_socket_disable": True,
             "child_exit": _child_exit,
+            "logger_class": EscapingGunicornLogger,
             "pre_request": _recycle_connections,
         }
         super().__init__()

@@ -16,7 +16,9 @@ import logging
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+
+# gunicorn reports a broken chunked encoding (and bad trailers) with its own exceptions.
+from gunicorn.http.errors import ParseException as ServerParseError
 
 from app import metrics
 from app.alerts import PayloadError, check_notification, parse_json
@@ -33,17 +35,21 @@ def receive() -> tuple[Response, int]:
     if not authorized(config, request.headers.get("Authorization", "")):
         return _answer(401, "missing or wrong credentials", www_authenticate(config))
     try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        return _answer(413, f"body larger than webhook.max_body_bytes ({config.max_body_bytes})")
-    except ClientDisconnected:
-        return _answer(400, "client disconnected before sending the whole body")
+        body = read_body(config.max_body_bytes)
+    except BodyTooLarge:
+        return _answer(413, f"body larger than webhook.max_body_bytes ({config.max_body_bytes})",
+                       CLOSE)
+    except BrokenFraming as exc:
+        log.warning("rejected request: %s", exc)
+        return _answer(400, str(exc), CLOSE)
     try:
-        notification = check_notification(parse_json(body), body)
         try:
-            body.decode("utf-8")  # journaled as received, so it must be UTF-8 as it is
-        except UnicodeDecodeError:  # raw surrogates, which json.loads lets through
+            # Journaled as received, so it must be UTF-8 as it is. Decoded before parsing:
+            # json.loads would guess UTF-16/32 for bytes, and let raw surrogates through.
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
             raise PayloadError("body is not UTF-8 text") from None
+        notification = check_notification(parse_json(text), body)
     except PayloadError as exc:
         log.warning("rejected notification: %s", exc)
         return _answer(400, str(exc))
@@ -77,6 +83,55 @@ def receive() -> tuple[Response, int]:
             notification.receiver,
         )
     return _answer(200, None, notification_id=notification_id)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BrokenFraming(Exception):
+    """The body did not arrive as its framing said (a broken chunked encoding, fewer bytes
+    than Content-Length): the request is malformed, never a server error."""
+
+
+# After a 413 or broken framing the rest of the connection cannot be trusted (or read).
+CLOSE = {"Connection": "close"}
+READ_STEP = 64 * 1024
+
+
+def read_body(limit: int) -> bytes:
+    """The whole body, at most `limit` bytes, exactly as the client framed it.
+
+    Reads the server's input stream itself instead of Flask's `get_data`, which for a chunked
+    body stops silently at the limit (a truncated body that then fails as "malformed JSON")
+    and lets framing errors escape as 500s."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge()
+    environ = request.environ
+    if declared is None and not environ.get("wsgi.input_terminated"):
+        return b""  # no length and a server that does not frame bodies: there is no body
+    wanted = limit + 1 if declared is None else declared
+    stream = environ["wsgi.input"]
+    pieces: list[bytes] = []
+    received = 0
+    try:
+        while received < wanted:
+            piece = stream.read(min(READ_STEP, wanted - received))
+            if not piece:
+                break
+            pieces.append(piece)
+            received += len(piece)
+    except (OSError, ValueError, ServerParseError) as exc:
+        # gunicorn's messages describe the framing ("Invalid chunk size: ..."): keep them short.
+        detail = str(exc)[:80] or type(exc).__name__
+        raise BrokenFraming(f"malformed HTTP body ({detail})") from None
+    if declared is None and received > limit:
+        raise BodyTooLarge()
+    if declared is not None and received < declared:
+        raise BrokenFraming(f"body shorter than its Content-Length ({received} of {declared} "
+                            f"bytes arrived)")
+    return b"".join(pieces)
 
 
 def authorized(config: Config, header: str) -> bool:

@@ -294,8 +294,8 @@ def test_unauthenticated_mode_must_be_explicit(config_data, caplog):
     (b'{"version": "4", "alerts": [{"status": "firing", "startsAt": "2026-11-22T20:04:34Z", '
      b'"labels": {"user_id": "a\\u0000b"}}]}', "alerts[0].labels.user_id contains a NUL"),
     (b'{"version": "4", "alerts": [], "groupKey": "\\u0000"}', "'groupKey' contains a NUL"),
-    # Surrogates written raw, as UTF-8 would encode them: json.loads lets them through.
-    (b'{"version": "4", "alerts": [], "receiver": "\xed\xa0\x80"}', "'receiver' contains invalid"),
+    # Surrogates written raw, as UTF-8 would encode them: not UTF-8, rejected before parsing.
+    (b'{"version": "4", "alerts": [], "receiver": "\xed\xa0\x80"}', "body is not UTF-8 text"),
     (json.dumps({"version": "4", "alerts": [], "receiver": ["x"]}).encode(), "'receiver'"),
     (json.dumps({"version": "4", "alerts": [{"status": "firing", "labels": {}, "annotations": 5,
                  "startsAt": "2026-11-22T20:04:34Z"}]}).encode(), "annotations"),
