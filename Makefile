@@ -91,6 +91,7 @@ binaries:
 	fi
 
 run: export NUDGE_WEBHOOK_TOKEN ?= dev-token
+run: export NUDGE_DEV ?= 1
 run: install
 	$(BIN)/nudge serve
 

@@ -11,6 +11,7 @@ from flask import Flask, jsonify
 from app.config import Config, load_config, require_webhook_auth
 from app.journal import Journal
 from app.policy import AlertPolicy
+from app.public import PUBLIC_MAX_BODY_BYTES, register_recipient_pages
 from app.store import store_for
 from app.template_set import TemplateSet
 
@@ -21,22 +22,25 @@ log = logging.getLogger("nudge")
 RECEIVER_THREADS = 4
 
 
-def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_database: bool = True):
+def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_database: bool = True,
+               public: bool = False):
     """The Flask app. `config` is a Config, or a mapping of nudge.yml keys (tests), or None
     for nudge.yml/NUDGE_* from the environment. `nudge serve` migrates the database before
-    forking and passes prepare_database=False to its workers."""
+    forking and passes prepare_database=False to its workers. `public=True` is the app of the
+    public listener (server.public_bind): the recipient-facing pages only (app/public.py)."""
     if config is None:
         config = load_config()
     elif not isinstance(config, Config):
         config = load_config(data=config, environ={})
-    require_webhook_auth(config)
+    if not public:
+        require_webhook_auth(config)
     store = store_for(config, pool_size=RECEIVER_THREADS + 1)
     if prepare_database:
         store.migrate()
 
     app = Flask(__name__)
     app.config["NUDGE"] = config
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = PUBLIC_MAX_BODY_BYTES if public else config.max_body_bytes
     app.config["SECRET_KEY"] = config.resolved_secret_key()
     app.extensions["nudge_store"] = store
     app.extensions["nudge_journal"] = Journal(store)
@@ -46,9 +50,12 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
 
     from app import observability, unsubscribe, webhook
 
-    app.register_blueprint(webhook.blueprint)
-    app.register_blueprint(observability.blueprint)
-    app.register_blueprint(unsubscribe.blueprint)
+    if public:
+        register_recipient_pages(app)
+    else:
+        app.register_blueprint(webhook.blueprint)
+        app.register_blueprint(observability.blueprint)
+        app.register_blueprint(unsubscribe.blueprint)
 
     @app.errorhandler(404)
     def not_found(_error):

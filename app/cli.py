@@ -44,6 +44,16 @@ class Context:
             require_webhook_auth(self.config)
         except ConfigError as exc:
             _config_failure(exc)
+        return self.serving_config()
+
+    def serving_config(self) -> Config:
+        """The config of a process that serves or sends: no weak or sample secrets."""
+        from app.secret_checks import require_safe_secrets
+
+        try:
+            require_safe_secrets(self.config)
+        except ConfigError as exc:
+            _config_failure(exc)
         return self.config
 
     def store(self) -> Store:
@@ -92,12 +102,14 @@ def serve(ctx: Context, bind: str | None, workers: int | None) -> None:
 @main.command(hidden=True)
 @click.option("--bind", required=True)
 @click.option("--workers", type=click.IntRange(min=1), required=True)
+@click.option("--public", is_flag=True, help="Serve only the recipient-facing pages.")
 @pass_context
-def receiver(ctx: Context, bind: str, workers: int) -> None:
-    """Run only the webhook receiver (gunicorn); `nudge serve` starts it."""
+def receiver(ctx: Context, bind: str, workers: int, public: bool) -> None:
+    """Run only the webhook receiver (gunicorn), or with --public the recipient-facing pages
+    (server.public_bind); `nudge serve` starts them."""
     from app.server import run_receiver
 
-    run_receiver(ctx.receiver_config(), bind, workers)
+    run_receiver(ctx.receiver_config(), bind, workers, public)
 
 
 @main.command()
@@ -109,7 +121,7 @@ def worker(ctx: Context, parent_pid: int | None) -> None:
     from app.worker import DeliveryWorker, watch_parent
 
     configure_logging()
-    config = ctx.config
+    config = ctx.serving_config()
     try:
         store_for(config).migrate()
     except StorageError as exc:

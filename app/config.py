@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import yaml
 
@@ -70,7 +70,9 @@ class Config:
     rules_dir: Path
     public_url: str
     secret_key: str | None
+    dev_mode: bool
     bind: str
+    public_bind: str | None
     workers: int
     webhook_token: str | None
     webhook_basic_auth: tuple[str, str] | None
@@ -206,6 +208,7 @@ def load_config(
         value = environ.get(name)
         if value:
             _set_path(merged, key_path, value)
+    _read_secret_files(merged, source, problems)
     config = _build(merged, source, problems, environ)
     if config.uses_postgres and not config.secret_key:
         problems.append(
@@ -246,7 +249,9 @@ def _check_unknown_keys(raw: Any, defaults: dict, source: str, problems: list, p
             if isinstance(value, Mapping):
                 _check_unknown_keys(value, defaults[key], source, problems, dotted + ".")
             elif value is not None:
-                problems.append(f"{source}: {dotted}: expected a mapping, got {value!r}")
+                # the value is not shown: a section written as one value may be a secret
+                problems.append(f"{source}: {dotted}: expected a mapping of keys, got a "
+                                f"{type(value).__name__}")
 
 
 class _Reader:
@@ -255,7 +260,8 @@ class _Reader:
     def __init__(self, tree: Mapping, source: str, problems: list[str], prefix: str = ""):
         self.tree, self.source, self.problems, self.prefix = tree, source, problems, prefix
 
-    def get(self, dotted: str, convert: Callable[[Any], Any], what: str, default: Any = None):
+    def get(self, dotted: str, convert: Callable[[Any], Any], what: str, default: Any = None,
+            secret: bool = False):
         node: Any = self.tree
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
@@ -263,6 +269,8 @@ class _Reader:
             return convert(node)
         except (ValueError, TypeError) as exc:
             detail = str(exc) if isinstance(exc, ValueError) and str(exc) else f"got {node!r}"
+            if secret:
+                detail = hide_secret(detail, node)
             self.problems.append(
                 f"{self.source}: {self.prefix}{dotted}: {detail} (allowed: {what})"
             )
@@ -282,8 +290,9 @@ def _optional_text(value: Any) -> str | None:
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
-        return value.strip().lower() in ("true", "yes")
+    # 1 and 0 too, for environment variables (NUDGE_DEV=1)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
     raise ValueError(f"expected true or false, got {value!r}")
 
 
@@ -401,6 +410,101 @@ def _database(value: Any) -> Path | str:
 
 def _optional_path(value: Any) -> Path | None:
     return None if value in (None, "") else _path(value)
+
+
+def _optional_bind(value: Any) -> str | None:
+    return None if value in (None, "") else _bind(value)
+
+
+# --- secrets -----------------------------------------------------------------------------------
+#
+# Every secret can come from a file instead of nudge.yml or the environment, as Alertmanager's
+# `*_file` settings do (Docker and Kubernetes secrets are files). These are read once, at
+# start-up; the directory's credential files (directory.token_file, ...) are re-read when they
+# change, by app/directory.py. A secret and its file together are an error: which one wins
+# would be a guess.
+SECRET_FILES: dict[str, str] = {
+    "secret_key": "secret_key_file",
+    "webhook.token": "webhook.token_file",
+    "webhook.basic_auth.password": "webhook.basic_auth.password_file",
+}
+# Settings whose values are never shown in an error message.
+SECRET_SETTINGS = frozenset({*SECRET_FILES, "smtp.url", "database"})
+
+
+def hide_secret(detail: str, value: Any) -> str:
+    """`detail` with `value`, and a password inside it if it is a URL, replaced by ***."""
+    if value in (None, ""):
+        return detail
+    hidden = [repr(value), str(value)]
+    if isinstance(value, str) and "://" in value:
+        # The user info runs to the LAST @ of the authority (a password may hold / ? # @).
+        authority = value.split("://", 1)[1]
+        user_info = authority.rpartition("@")[0]
+        if ":" in user_info:
+            password = user_info.split(":", 1)[1]
+            hidden = [password, quote(password, safe=""), unquote(password)]
+        else:
+            hidden = []
+    for text in sorted((h for h in hidden if h), key=len, reverse=True):
+        detail = detail.replace(text, "***")
+    return detail
+
+
+def _read_secret_file(path: Any, key: str, source: str, problems: list[str]) -> str | None:
+    try:
+        secret = Path(str(path)).read_text().strip()
+    except OSError as exc:
+        problems.append(f"{source}: {key}: cannot read {path}: {exc.strerror}")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"{source}: {key}: {path} is not UTF-8 text")
+        return None
+    if not secret:
+        problems.append(f"{source}: {key}: {path} is empty")
+        return None
+    return secret
+
+
+def _tree_get(tree: Mapping, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _read_secret_files(tree: dict, source: str, problems: list[str]) -> None:
+    """Put each secret given as a file into the tree, where its setting reads it."""
+    for key, file_key in SECRET_FILES.items():
+        path = _tree_get(tree, file_key)
+        if path in (None, ""):
+            continue
+        if _tree_get(tree, key) not in (None, ""):
+            problems.append(f"{source}: {file_key}: {key} is set too (in the file or the "
+                            f"environment): use one of them")
+            continue
+        secret = _read_secret_file(path, file_key, source, problems)
+        if secret is not None:
+            _set_path(tree, tuple(key.split(".")), secret)
+    path = _tree_get(tree, "smtp.password_file")
+    if path in (None, ""):
+        return
+    url = _tree_get(tree, "smtp.url")
+    where = f"{source}: smtp.password_file"
+    if not isinstance(url, str) or "://" not in url:
+        problems.append(f"{where}: needs smtp.url with the user name (smtp://USER@host:587)")
+        return
+    scheme, rest = url.strip().split("://", 1)
+    user_info, at, host = rest.rpartition("@")
+    if not at or not user_info:
+        problems.append(f"{where}: smtp.url has no user name: write it as smtp://USER@host:587")
+        return
+    if ":" in user_info:
+        problems.append(f"{where}: smtp.url has a password too: use one of them")
+        return
+    secret = _read_secret_file(path, "smtp.password_file", source, problems)
+    if secret is not None:
+        _set_path(tree, ("smtp", "url"), f"{scheme}://{user_info}:{quote(secret, safe='')}@{host}")
 
 
 def _recipient_order(value: Any) -> tuple[str, ...]:
@@ -553,17 +657,32 @@ SETTINGS: tuple[Setting, ...] = (
     _d("secret_key", None, _optional_text, "a long random string",
        "signs unsubscribe links; when unset a random key is created once in "
        "`<database folder>/secret_key`. Required with PostgreSQL (every replica must use the "
-       "same key)", "secret_key", "NUDGE_SECRET_KEY", shown_default="*(generated)*"),
+       "same key). At least 32 bytes", "secret_key", "NUDGE_SECRET_KEY",
+       shown_default="*(generated)*"),
+    _d("secret_key_file", None, _optional_path, "a file path",
+       "or a file holding it ([secrets from files](#secrets-from-files))",
+       env="NUDGE_SECRET_KEY_FILE"),
+    _d("dev_mode", False, _bool, "true or false",
+       "development mode: a short or sample secret, or a `public_url` on localhost, is a "
+       "warning instead of an error ([development mode](#development-mode))", "dev_mode",
+       "NUDGE_DEV"),
     _d("server.bind", "127.0.0.1:8080", _bind, "HOST:PORT", "`nudge serve` listen address",
        "bind"),
+    _d("server.public_bind", None, _optional_bind, "HOST:PORT",
+       "a second listener serving only the recipient-facing pages (unsubscribe), for the "
+       "internet ([public listener](#the-public-listener))", "public_bind", "NUDGE_PUBLIC_BIND"),
     _d("server.workers", 2, _positive_int, "a whole number >= 1",
        "receiver (gunicorn) processes", "workers"),
     _d("webhook.token", None, _optional_text, "a string", "bearer token Alertmanager must send",
        "webhook_token", "NUDGE_WEBHOOK_TOKEN"),
+    _d("webhook.token_file", None, _optional_path, "a file path", "or a file holding it",
+       env="NUDGE_WEBHOOK_TOKEN_FILE"),
     _d("webhook.basic_auth.username", None, _optional_text, "a string",
        "or HTTP basic auth: the user name (with `webhook.basic_auth.password`)"),
     _d("webhook.basic_auth.password", None, _optional_text, "a string",
-       "and its password"),
+       "and its password", env="NUDGE_WEBHOOK_BASIC_AUTH_PASSWORD"),
+    _d("webhook.basic_auth.password_file", None, _optional_path, "a file path",
+       "or a file holding the password", env="NUDGE_WEBHOOK_BASIC_AUTH_PASSWORD_FILE"),
     _d("webhook.allow_unauthenticated", False, _bool, "true or false",
        "accept alerts without credentials (logged as a warning); otherwise a token or basic "
        "auth is required", "allow_unauthenticated"),
@@ -635,6 +754,9 @@ SETTINGS: tuple[Setting, ...] = (
        "smtp://[user:pass@]host[:port][?tls=starttls|tls|none][&tls_ca=FILE], smtps://...",
        "see [Sending](#sending)", "smtp_url", "NUDGE_SMTP_URL",
        shown_default="*(none: file outbox)*"),
+    _d("smtp.password_file", None, _optional_path, "a file path",
+       "a file holding the SMTP password, for an `smtp.url` with the user name only "
+       "(`smtp://USER@host:587`)", env="NUDGE_SMTP_PASSWORD_FILE"),
     _d("smtp.from", "Nudge <nudge@localhost>", _address,
        "an address like 'Acme <noreply@acme.com>'", "From header", "smtp_from"),
     _d("smtp.reply_to", None, _optional_address, "an address", "Reply-To header",
@@ -711,7 +833,8 @@ def _build(tree: dict, source: str, problems: list[str], environ: Mapping[str, s
         if setting.key == "alerts.rules":
             continue
         fallback = setting.convert(copy.deepcopy(setting.default))
-        values[setting.key] = r.get(setting.key, setting.convert, setting.allowed, fallback)
+        values[setting.key] = r.get(setting.key, setting.convert, setting.allowed, fallback,
+                                    secret=setting.key in SECRET_SETTINGS)
 
     # Settings that only mean something together.
     basic_user = values["webhook.basic_auth.username"]

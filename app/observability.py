@@ -13,8 +13,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from app import worker_health
 from app.storage import store
 from app.store import StorageError
 
@@ -56,6 +57,26 @@ class QueueCollector:
         yield from (depth, age, backlog, backlog_age)
 
 
+class WorkerHealthCollector:
+    """The delivery worker's health as `nudge serve` last saw it (app/worker_health.py); no
+    samples when there is no supervisor to ask."""
+
+    def collect(self):
+        health, problem = worker_health.current()
+        if health is None and problem is None:
+            return
+        healthy = GaugeMetricFamily(
+            "nudge_delivery_worker_healthy",
+            "1 when the delivery worker runs (and, after a restart, has run for a while); 0 "
+            "when it has exited or keeps exiting: then no email is decided or sent")
+        healthy.add_metric([], 0 if problem else 1)
+        restarts = CounterMetricFamily(
+            "nudge_delivery_worker_restarts",
+            "Times the delivery worker exited and nudge serve restarted it")
+        restarts.add_metric([], health.restarts if health else 0)
+        yield from (healthy, restarts)
+
+
 @blueprint.get("/metrics")
 def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -65,6 +86,7 @@ def metrics() -> Response:
         registry = REGISTRY
     queue = CollectorRegistry(auto_describe=False)
     queue.register(QueueCollector(store))
+    queue.register(WorkerHealthCollector())
     body = generate_latest(registry) + generate_latest(queue)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
@@ -81,6 +103,10 @@ def ready() -> Response:
     except StorageError as exc:
         current_app.logger.warning("not ready: %s", exc)
         return Response(f"Service Unavailable: {exc}\n", 503, mimetype="text/plain")
+    _health, problem = worker_health.current()
+    if problem:
+        current_app.logger.warning("not ready: %s", problem)
+        return Response(f"Service Unavailable: {problem}\n", 503, mimetype="text/plain")
     # Broken template or rule files do not make Nudge unready (the last good version is in
     # use), but this is where an operator looks: say what is wrong with them.
     templates = current_app.extensions["nudge_templates"]

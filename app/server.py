@@ -19,19 +19,19 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from app import RECEIVER_THREADS
+from app import RECEIVER_THREADS, worker_health
 from app.config import Config
 from app.log_escaping import escape_handlers
 from app.store import store_for
 
 log = logging.getLogger("nudge.server")
 
-STOP_TIMEOUT = 60
 PR_SET_PDEATHSIG = 1
 
 
@@ -69,10 +69,36 @@ def _die_with_parent() -> None:
 WORKER_NICENESS = 10
 
 
+class OutputRelay(threading.Thread):
+    """Copies a child's stderr to ours, line by line, remembering the last line: when the
+    child crashes, that is its exception, the reason /-/ready reports."""
+
+    def __init__(self, stream):
+        super().__init__(name="output-relay", daemon=True)
+        self.stream = stream
+        self.last_line: str | None = None
+
+    def run(self) -> None:
+        out = sys.stderr.buffer
+        for line in iter(self.stream.readline, b""):
+            try:
+                out.write(line)
+                out.flush()
+            except (OSError, ValueError):  # our stderr is gone: keep draining the pipe
+                pass
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                self.last_line = text
+        self.stream.close()
+
+
 class Child:
-    def __init__(self, name: str, args: list[str], niceness: int = 0):
+    def __init__(self, name: str, args: list[str], niceness: int = 0,
+                 relay_output: bool = False):
         self.name, self.args, self.niceness = name, args, niceness
+        self.relay_output = relay_output
         self.process: subprocess.Popen | None = None
+        self.relay: OutputRelay | None = None
 
     def _prepare(self) -> None:
         _die_with_parent()
@@ -83,21 +109,72 @@ class Child:
                 pass
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args, preexec_fn=self._prepare)
+        stderr = subprocess.PIPE if self.relay_output else None
+        self.process = subprocess.Popen(self.args, preexec_fn=self._prepare, stderr=stderr)
+        if self.relay_output:
+            self.relay = OutputRelay(self.process.stderr)
+            self.relay.start()
+
+    def last_line(self) -> str | None:
+        """The last line the child wrote to stderr (once it has exited: all of its output)."""
+        if self.relay is None:
+            return None
+        self.relay.join(2.0)
+        return self.relay.last_line
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def terminate(self, timeout: float) -> int | None:
-        if not self.running():
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
+    def signal_stop(self) -> None:
+        if self.running():
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> int | None:
+        """Wait until `deadline` (time.monotonic()) for the child to exit, then kill it."""
+        if self.process is None:
+            return None
         try:
-            return self.process.wait(timeout)
+            return self.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("%s did not stop within %ss; killing it", self.name, timeout)
+            log.error("%s did not stop in time; killing it", self.name)
             self.process.kill()
             return self.process.wait()
+
+
+# --- how long stopping takes ---------------------------------------------------------------
+#
+# On SIGTERM the supervisor stops the listeners and the delivery worker at once. The listeners
+# finish the requests they are answering (gunicorn's graceful timeout). The worker finishes
+# the messages it is sending: one per sender thread, in parallel, each at worst a directory
+# lookup that uses its whole budget plus every SMTP command of the conversation timing out
+# once. Only after that is anything killed. A container's stop grace period
+# (docker-compose `stop_grace_period`, `docker stop -t`) must be longer than
+# `shutdown_seconds`, or the container runtime SIGKILLs sends in flight:
+# tests/test_shutdown.py compares the shipped ones with deploy/nudge.yml.
+RECEIVER_GRACEFUL_TIMEOUT = 20
+# Connect, EHLO, STARTTLS, EHLO again, AUTH, MAIL FROM, RCPT TO, DATA, the message, QUIT.
+SMTP_COMMANDS_PER_SEND = 10
+# What the outbox (no SMTP URL) needs to write one .eml file, generously.
+OUTBOX_WRITE_SECONDS = 5.0
+# Between a process finishing and the supervisor noticing, reaping and exiting.
+SUPERVISOR_MARGIN = 5.0
+
+
+def worker_drain_seconds(config: Config) -> float:
+    """The longest the delivery worker may need to finish the sends in flight when told to
+    stop (see above); the supervisor waits this long before killing it."""
+    if config.smtp_url:
+        from app.transports import parse_smtp_url
+
+        send = SMTP_COMMANDS_PER_SEND * parse_smtp_url(config.smtp_url).timeout
+    else:
+        send = OUTBOX_WRITE_SECONDS
+    return config.directory_timeout + send + SUPERVISOR_MARGIN
+
+
+def shutdown_seconds(config: Config) -> float:
+    """The longest `nudge serve` takes to stop after SIGTERM without killing anything."""
+    return max(RECEIVER_GRACEFUL_TIMEOUT, worker_drain_seconds(config)) + SUPERVISOR_MARGIN
 
 
 def serve(config: Config, config_path: str | None, bind: str, workers: int) -> int:
@@ -105,12 +182,22 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
     store = store_for(config)
     store.migrate()
     config.resolved_secret_key()
-    prepare_metrics_dir(config)
+    metrics_dir = prepare_metrics_dir(config)
+    health_path = metrics_dir / worker_health.HEALTH_FILE_NAME
+    health = worker_health.WorkerHealth(running=False)
+    worker_health.write(health_path, health)
+    os.environ[worker_health.HEALTH_FILE_ENV] = str(health_path)  # the receivers read it
 
     base = [sys.executable, "-m", "app.cli"] + (["--config", config_path] if config_path else [])
     receiver = Child("receiver", base + ["receiver", "--bind", bind, "--workers", str(workers)])
+    # The recipient-facing pages on a listener of their own, in processes of their own: slow
+    # or stalled clients from the internet cannot take the threads /webhook needs.
+    public = config.public_bind and Child(
+        "public listener",
+        base + ["receiver", "--public", "--bind", config.public_bind, "--workers", str(workers)])
     worker = Child("delivery worker", base + ["worker", "--parent-pid", str(os.getpid())],
-                   niceness=WORKER_NICENESS)
+                   niceness=WORKER_NICENESS, relay_output=True)
+    listeners = [child for child in (receiver, public) if child]
     stopping = threading.Event()
 
     def request_stop(signum, _frame):
@@ -122,33 +209,63 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
         if worker.running():
             worker.process.send_signal(signal.SIGHUP)
 
+    def start_worker() -> None:
+        nonlocal health
+        worker.start()
+        health = health.started(worker.process.pid, time.time())
+        worker_health.write(health_path, health)
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, reload_templates)
-    receiver.start()
-    worker.start()
+    start_worker()
+    for listener in listeners:
+        listener.start()
     log.info("Nudge serving on http://%s (%d receiver workers + delivery worker), database %s",
              bind, workers, store.description)
+    if public:
+        log.info("recipient-facing pages (unsubscribe) on http://%s", config.public_bind)
 
     exit_code = 0
     restart_delay = 1.0
     while not stopping.wait(0.2):
-        if not receiver.running():
-            log.error("receiver exited with code %s; stopping", receiver.process.returncode)
+        stopped = [listener for listener in listeners if not listener.running()]
+        if stopped:
+            log.error("%s exited with code %s; stopping", stopped[0].name,
+                      stopped[0].process.returncode)
             exit_code = 1
             break
         if not worker.running():
+            code = worker.process.returncode
+            health = health.exited(code, worker.last_line(), time.time())
+            worker_health.write(health_path, health)
+            _forget_metrics_of(worker.process.pid)
             log.error("delivery worker exited with code %s; restarting in %.0fs",
-                      worker.process.returncode, restart_delay)
+                      code, restart_delay)
             if stopping.wait(restart_delay):
                 break
             restart_delay = min(restart_delay * 2, 30.0)
-            worker.start()
+            start_worker()
 
-    receiver.terminate(STOP_TIMEOUT)
-    worker.terminate(STOP_TIMEOUT)
+    # Everything stops at once; each gets the time it may need (see shutdown_seconds).
+    started = time.monotonic()
+    for child in (*listeners, worker):
+        child.signal_stop()
+    for listener in listeners:
+        listener.wait_stopped(started + RECEIVER_GRACEFUL_TIMEOUT + SUPERVISOR_MARGIN)
+    worker.wait_stopped(started + worker_drain_seconds(config))
     log.info("Nudge stopped")
     return exit_code
+
+
+def _forget_metrics_of(pid: int) -> None:
+    """A dead process's live gauges must not count any more (its counters must: they add up)."""
+    from prometheus_client import multiprocess
+
+    try:
+        multiprocess.mark_process_dead(pid)
+    except OSError as exc:
+        log.warning("could not remove the metrics files of process %d: %s", pid, exc)
 
 
 class EscapingGunicornLogger(GunicornLogger):
@@ -161,8 +278,9 @@ class EscapingGunicornLogger(GunicornLogger):
 
 
 class NudgeGunicorn(BaseApplication):
-    def __init__(self, config: Config, bind: str, workers: int):
+    def __init__(self, config: Config, bind: str, workers: int, public: bool = False):
         self.nudge_config = config
+        self.public = public
         self.options = {
             "bind": bind,
             "workers": workers,
@@ -174,10 +292,10 @@ class NudgeGunicorn(BaseApplication):
             "threads": RECEIVER_THREADS,
             "keepalive": 30,
             "timeout": 30,
-            "graceful_timeout": 20,
+            "graceful_timeout": RECEIVER_GRACEFUL_TIMEOUT,
             "errorlog": "-",
             "loglevel": "info",
-            "proc_name": "nudge-receiver",
+            "proc_name": "nudge-public" if public else "nudge-receiver",
             "control_socket_disable": True,
             "child_exit": _child_exit,
             "logger_class": EscapingGunicornLogger,
@@ -194,7 +312,7 @@ class NudgeGunicorn(BaseApplication):
         from app import create_app
 
         configure_logging()
-        return create_app(self.nudge_config, prepare_database=False)
+        return create_app(self.nudge_config, prepare_database=False, public=self.public)
 
 
 # gthread keeps a kept-alive connection in the worker that accepted it. Alertmanager holds a
@@ -215,6 +333,6 @@ def _child_exit(_server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def run_receiver(config: Config, bind: str, workers: int) -> None:
+def run_receiver(config: Config, bind: str, workers: int, public: bool = False) -> None:
     configure_logging()
-    NudgeGunicorn(config, bind, workers).run()
+    NudgeGunicorn(config, bind, workers, public).run()

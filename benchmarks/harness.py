@@ -287,7 +287,7 @@ def nudge_config(workdir: Path, *, smtp_url: str | None, connections: int | None
         "templates_dir": str(ROOT / "email_templates"),
         "rules_dir": str(ROOT / "alert_rules"),
         "public_url": "http://127.0.0.1:8080",
-        "secret_key": "bench-secret-key",
+        "secret_key": "bench-secret-key-of-at-least-32-bytes",
         "webhook": {"token": TOKEN},
         "smtp": {"url": smtp_url, "from": "Acme API <hello@acme.example>"},
         "delivery": {"outbox_dir": str(workdir / "outbox")},

@@ -144,7 +144,8 @@ class Loop:
             "templates_dir": str(ROOT / "email_templates"),
             "rules_dir": str(ROOT / "alert_rules"),
             "public_url": self.urls["nudge"],
-            "secret_key": "demo-secret-key",
+            "secret_key": "demo-secret-key-of-at-least-32-bytes",
+            "dev_mode": True,  # a local loop: public_url is 127.0.0.1
             "server": {"bind": f"127.0.0.1:{self.ports['nudge']}", "workers": 2},
             "webhook": {"token": TOKEN},
             "directory": {

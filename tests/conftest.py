@@ -46,7 +46,7 @@ def config_data(tmp_path) -> dict:
         "templates_dir": str(ROOT / "email_templates"),
         "rules_dir": str(ROOT / "alert_rules"),
         "public_url": "https://nudge.example.com",
-        "secret_key": "test-secret-key",
+        "secret_key": "test-secret-key-of-at-least-32-bytes",
         "webhook": {
             "token": TOKEN,
             "basic_auth": {"username": "alertmanager", "password": "pw"},

@@ -45,7 +45,7 @@ def database(cluster):
 def replica_config(tmp_path, database: str, smtp_url: str, n: int, **sections) -> dict:
     config = {
         "database": database,
-        "secret_key": "shared-by-every-replica",
+        "secret_key": "shared-by-every-replica-at-least-32-bytes",
         "templates_dir": str(ROOT / "email_templates"),
         "public_url": "https://nudge.example.com",
         "webhook": {"token": TOKEN},

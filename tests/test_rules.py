@@ -24,7 +24,6 @@ DEPLOY = ROOT / "deploy"
 SELF_MONITORING = DEPLOY / "nudge-self-monitoring.yml"
 PROMETHEUS_YML = DEPLOY / "prometheus.yml"
 ALERTMANAGER_YML = DEPLOY / "alertmanager.yml"
-TOKEN_FILE = DEPLOY / "nudge-webhook-token"
 
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 UNIT_TEST_FILES = sorted((RULES_DIR / "tests").glob("*.yml")) + sorted(
@@ -63,7 +62,8 @@ MOUNTED_RULE_FILES = [
     "/etc/prometheus/alert_rules/*.yml",
     "/etc/prometheus/nudge-self-monitoring.yml",
 ]
-MOUNTED_TOKEN = "/etc/alertmanager/nudge-webhook-token"
+# Generated on first start into the `secrets` volume (deploy/generate-secrets.sh).
+MOUNTED_TOKEN = "/run/secrets/nudge/webhook-token"
 
 
 def _binary(name: str, env: str) -> str:
@@ -255,8 +255,11 @@ def test_prometheus_config_scrapes_the_stack_and_loads_all_rules(
 def alertmanager_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = ALERTMANAGER_YML.read_text()
     assert MOUNTED_TOKEN in text
-    copy = tmp_path_factory.mktemp("alertmanager") / "alertmanager.yml"
-    copy.write_text(text.replace(MOUNTED_TOKEN, str(TOKEN_FILE)))
+    folder = tmp_path_factory.mktemp("alertmanager")
+    token_file = folder / "webhook-token"
+    token_file.write_text("a-generated-token\n")
+    copy = folder / "alertmanager.yml"
+    copy.write_text(text.replace(MOUNTED_TOKEN, str(token_file)))
     return copy
 
 
@@ -274,7 +277,9 @@ def test_nudge_receiver_gets_every_alert_with_the_token() -> None:
     assert not webhook.get("max_alerts"), "max_alerts would silently drop users' alerts"
     auth = webhook["http_config"]["authorization"]
     assert auth == {"type": "Bearer", "credentials_file": MOUNTED_TOKEN}
-    assert TOKEN_FILE.read_text().strip() == "dev-token"
+    for compose in ("docker-compose.yml", "docker-compose.replicas.yml"):
+        services = yaml.safe_load((ROOT / compose).read_text())["services"]
+        assert "secrets:/run/secrets/nudge:ro" in services["alertmanager"]["volumes"], compose
 
     route = config["route"]
     assert route["receiver"] == "ops"

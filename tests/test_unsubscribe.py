@@ -22,7 +22,7 @@ from app.worker import DeliveryWorker
 from tests.conftest import TOKEN, post_and_decide
 from tests.processes import wait_until
 
-SECRET = "test-secret-key"  # conftest's config_data secret_key
+SECRET = "test-secret-key-of-at-least-32-bytes"  # conftest's config_data secret_key
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

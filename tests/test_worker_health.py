@@ -1,0 +1,92 @@
+"""/-/ready and /metrics report the delivery worker's health as `nudge serve` sees it: a worker
+that crash-loops is "not ready", with the reason, and the metrics show it; the multiprocess
+metric files of dead processes are cleaned up."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.processes import NudgeProcess, wait_until
+
+
+def sample(text: str, name: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                return s.value
+    return None
+
+
+def test_a_crash_looping_worker_makes_nudge_not_ready_with_the_reason(tmp_path, config_data):
+    config_data["recipients"] = {"static_map": str(tmp_path / "users-missing.yml")}
+    nudge = NudgeProcess(tmp_path, config_data).start(wait_ready=False)
+    try:
+        def not_ready_answer():
+            try:
+                response = requests.get(nudge.url + "/-/ready", timeout=2)
+            except requests.RequestException:
+                return None
+            return response.text if response.status_code == 503 else None
+
+        answer = wait_until(not_ready_answer, timeout=30, message="/-/ready answering 503")
+        assert "delivery worker" in answer
+        assert "users-missing.yml" in answer  # the worker's own last words: the reason
+        metrics = requests.get(nudge.url + "/metrics", timeout=10).text
+        assert sample(metrics, "nudge_delivery_worker_healthy") == 0
+        wait_until(lambda: sample(requests.get(nudge.url + "/metrics", timeout=10).text,
+                                  "nudge_delivery_worker_restarts_total") >= 2,
+                   timeout=30, message="a second restart")
+        # The receiver itself is alive: only readiness is withheld.
+        assert requests.get(nudge.url + "/-/healthy", timeout=5).status_code == 200
+    finally:
+        nudge.stop()
+
+
+def test_a_healthy_worker_is_ready_and_reported_healthy(tmp_path, config_data):
+    nudge = NudgeProcess(tmp_path, config_data).start()
+    try:
+        assert requests.get(nudge.url + "/-/ready", timeout=5).status_code == 200
+        metrics = requests.get(nudge.url + "/metrics", timeout=10).text
+        assert sample(metrics, "nudge_delivery_worker_healthy") == 1
+        assert sample(metrics, "nudge_delivery_worker_restarts_total") == 0
+    finally:
+        nudge.stop()
+
+
+def worker_pid(nudge: NudgeProcess) -> int | None:
+    """The delivery worker's pid: the child of the supervisor running `app.cli ... worker`."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                args = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if parent == nudge.process.pid and b"worker" in args:
+            return int(entry)
+    return None
+
+
+def test_a_dead_workers_live_gauges_are_removed_and_it_is_restarted(tmp_path, config_data):
+    nudge = NudgeProcess(tmp_path, config_data).start()
+    metrics_dir = tmp_path / "metrics"
+    try:
+        first = worker_pid(nudge)
+        assert first
+        wait_until(lambda: any(f"_{first}.db" in p.name for p in metrics_dir.glob("gauge_live*")),
+                   timeout=30, message="the worker's live gauge file")
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: worker_pid(nudge) not in (first, None), timeout=30,
+                   message="a new worker")
+        assert not any(f"_{first}.db" in p.name for p in metrics_dir.glob("gauge_live*"))
+        metrics = requests.get(nudge.url + "/metrics", timeout=10).text
+        assert sample(metrics, "nudge_delivery_worker_restarts_total") == 1
+    finally:
+        nudge.stop()
