@@ -6,6 +6,7 @@ PROMETHEUS_MULTIPROC_DIR is set before this module is imported (`nudge serve` do
 """
 
 import os
+import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -14,13 +15,74 @@ from prometheus_client import Counter, Gauge, Histogram
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
+# --- bounded labels ---------------------------------------------------------------------------
+#
+# Some label values come from whoever sends alerts: the Alertmanager `receiver` name, the
+# template an alert's label names. Each distinct value is a time series (in Prometheus, and a
+# line in every scrape), so a sender with a loop could create millions. Such labels keep the
+# first MAX_LABEL_VALUES distinct values each process sees (plenty for any real setup) and
+# count everything after, and any value longer than MAX_LABEL_LENGTH, as "other".
+MAX_LABEL_VALUES = 50
+MAX_LABEL_LENGTH = 100
+OTHER = "other"
+
+
+class BoundedValues:
+    """The distinct values one label may take in this process: the first `limit` seen."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES):
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def bound(self, value: object) -> str:
+        text = str(value)
+        if len(text) > MAX_LABEL_LENGTH:
+            return OTHER
+        with self._lock:
+            if text in self._seen:
+                return text
+            if len(self._seen) < self.limit:
+                self._seen.add(text)
+                return text
+        return OTHER
+
+
+class BoundedLabels:
+    """A metric whose labels named in `bounded` go through their BoundedValues; used exactly
+    like the metric (`.labels(...)` by position or by name)."""
+
+    def __init__(self, metric, **bounded: BoundedValues):
+        self.metric = metric
+        self._names = tuple(metric._labelnames)
+        self._bounded = bounded
+
+    def _value(self, name: str, value: object) -> object:
+        values = self._bounded.get(name)
+        return values.bound(value) if values else value
+
+    def labels(self, *values, **named):
+        if values:
+            # a wrong number of values: the metric itself says so
+            bounded = (self._value(n, v) for n, v in zip(self._names, values, strict=False))
+            return self.metric.labels(*bounded, *values[len(self._names):])
+        return self.metric.labels(**{n: self._value(n, v) for n, v in named.items()})
+
+    def __getattr__(self, name: str):
+        return getattr(self.metric, name)
+
+
+# Shared by the metrics that carry the label: one set of names each.
+RECEIVERS = BoundedValues()
+TEMPLATES = BoundedValues()
+
 WEBHOOK_REQUESTS = Counter(
     "nudge_webhook_requests", "Webhook requests answered, by HTTP status code", ["code"]
 )
-NOTIFICATIONS = Counter(
+NOTIFICATIONS = BoundedLabels(Counter(
     "nudge_notifications_received",
     "Alertmanager notifications durably appended to the journal (answered 200)", ["receiver"]
-)
+), receiver=RECEIVERS)
 NOTIFICATIONS_DECIDED = Counter(
     "nudge_notifications_decided", "Journaled notifications turned into decisions by the decider"
 )
@@ -39,26 +101,32 @@ ALERT_DECISIONS = Counter(
     "Per-alert decisions: outcome is queued, duplicate or skipped; reason says why",
     ["outcome", "reason"],
 )
-TRUNCATED_ALERTS = Counter(
+TRUNCATED_ALERTS = BoundedLabels(Counter(
     "nudge_alerts_truncated",
     "Alerts Alertmanager dropped before sending (truncatedAlerts, from max_alerts)",
     ["receiver"],
-)
+), receiver=RECEIVERS)
 
-EMAILS_SENT = Counter("nudge_emails_sent", "Emails accepted by the transport", ["template"])
-EMAILS_FAILED = Counter(
+
+def _by_template(metric) -> BoundedLabels:
+    return BoundedLabels(metric, template=TEMPLATES)
+
+
+EMAILS_SENT = _by_template(
+    Counter("nudge_emails_sent", "Emails accepted by the transport", ["template"]))
+EMAILS_FAILED = _by_template(Counter(
     "nudge_emails_failed", "Deliveries failed permanently (no retry)", ["template", "reason"]
-)
-EMAILS_RETRIED = Counter(
+))
+EMAILS_RETRIED = _by_template(Counter(
     "nudge_emails_retried", "Delivery attempts that failed transiently and were rescheduled",
     ["template"],
-)
-EMAILS_SUPPRESSED = Counter(
+))
+EMAILS_SUPPRESSED = _by_template(Counter(
     "nudge_emails_suppressed", "Deliveries not sent because the user unsubscribed", ["template"]
-)
-EMAILS_DEAD = Counter(
+))
+EMAILS_DEAD = _by_template(Counter(
     "nudge_emails_dead", "Deliveries that ran out of retries", ["template"]
-)
+))
 SEND_DURATION = Histogram(
     "nudge_send_duration_seconds", "Time to hand one message to the transport",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
