@@ -433,22 +433,22 @@ SECRET_SETTINGS = frozenset({*SECRET_FILES, "smtp.url", "database"})
 
 
 def hide_secret(detail: str, value: Any) -> str:
-    """`detail` with `value`, and a password inside it if it is a URL, replaced by ***."""
+    """`detail`, an error about a secret setting's `value`, without the secret: a URL keeps
+    all but its password (which may hold / ? # @: the user info runs to the authority's LAST
+    @); anything else keeps only what was expected."""
     if value in (None, ""):
         return detail
-    hidden = [repr(value), str(value)]
     if isinstance(value, str) and "://" in value:
-        # The user info runs to the LAST @ of the authority (a password may hold / ? # @).
-        authority = value.split("://", 1)[1]
-        user_info = authority.rpartition("@")[0]
-        if ":" in user_info:
-            password = user_info.split(":", 1)[1]
-            hidden = [password, quote(password, safe=""), unquote(password)]
-        else:
-            hidden = []
-    for text in sorted((h for h in hidden if h), key=len, reverse=True):
-        detail = detail.replace(text, "***")
-    return detail
+        user_info = value.split("://", 1)[1].rpartition("@")[0]
+        if ":" not in user_info:
+            return detail
+        password = user_info.split(":", 1)[1]
+        for shown in sorted({password, quote(password, safe=""), unquote(password)} - {""},
+                            key=len, reverse=True):
+            detail = detail.replace(shown, "***")
+        return detail
+    expected = detail.split(", got ", 1)[0] if ", got " in detail else "not valid"
+    return f"{expected} (the value is not shown)"
 
 
 def _read_secret_file(path: Any, key: str, source: str, problems: list[str]) -> str | None:
