@@ -90,7 +90,7 @@ binaries:
 	    echo "prometheus/alertmanager not found: install them or set PROMETHEUS_BIN and ALERTMANAGER_BIN"; exit 1; \
 	fi
 
-run: export NUDGE_WEBHOOK_TOKEN ?= dev-token
+run: export NUDGE_WEBHOOK_TOKEN ?= $(if $(NUDGE_WEBHOOK_TOKEN_FILE),,dev-token)
 run: export NUDGE_DEV ?= 1
 run: install
 	$(BIN)/nudge serve
