@@ -254,7 +254,7 @@ def test_the_secrets_generator_creates_each_secret_once(tmp_path):
 # Places where documentation and examples write a secret's value literally.
 LITERAL_SECRET = [
     re.compile(r"NUDGE_(?:WEBHOOK_TOKEN|SECRET_KEY|DIRECTORY_TOKEN|DIRECTORY_API_KEY|"
-               r"DIRECTORY_CLIENT_SECRET|WEBHOOK_BASIC_AUTH_PASSWORD)\s*[:=?]+\s*([^\s'\"$)]+)"),
+               r"DIRECTORY_CLIENT_SECRET|WEBHOOK_BASIC_AUTH_PASSWORD)\s*(?:\?=|:=|=|:)\s*([^\s'\"$)=]+)"),
     re.compile(r"Bearer ([A-Za-z0-9._~+/-]+)"),
     re.compile(r"postgres(?:ql)?://[^:/@\s]+:([^@/\s]+)@"),
     re.compile(r"smtps?://[^:/@\s]+:([^@/\s]+)@"),
