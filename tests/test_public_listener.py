@@ -70,6 +70,24 @@ def test_the_public_listener_serves_unsubscribe_and_nothing_internal(service, co
     assert timed_webhook_posts(service.url, count=1)
 
 
+def test_every_page_of_the_recipient_facing_module_is_public(config_data, monkeypatch):
+    """A page added to app/unsubscribe.py (a preference page, say) is served on the public
+    listener without being listed anywhere else."""
+    from flask import Blueprint
+
+    from app import create_app, unsubscribe
+
+    extra = Blueprint("preferences_example", __name__)
+    extra.add_url_rule("/unsubscribe/<token>/preferences", "preferences",
+                       lambda token: f"preferences for {token}")
+    monkeypatch.setattr(unsubscribe, "preferences_example", extra, raising=False)
+    client = create_app(config_data, public=True).test_client()
+    assert client.get("/unsubscribe/abc/preferences").text == "preferences for abc"
+    assert client.get("/unsubscribe/not-a-token").status_code == 400  # the existing page
+    assert client.post("/webhook", data=b"{}").status_code == 404
+    assert client.get("/metrics").status_code == 404
+
+
 def test_stalled_clients_on_the_public_listener_do_not_delay_the_webhook(service):
     with ExitStack() as stack:
         stall(stack, int(service.public_url.rsplit(":", 1)[1]), STALLED_CONNECTIONS)

@@ -42,6 +42,13 @@ def test_a_crash_looping_worker_makes_nudge_not_ready_with_the_reason(tmp_path, 
                    timeout=30, message="a second restart")
         # The receiver itself is alive: only readiness is withheld.
         assert requests.get(nudge.url + "/-/healthy", timeout=5).status_code == 200
+
+        # Fixed: the next restart stays up, and Nudge is ready again by itself.
+        (tmp_path / "users-missing.yml").write_text("u1: ada@example.com\n")
+        wait_until(lambda: requests.get(nudge.url + "/-/ready", timeout=2).status_code == 200,
+                   timeout=60, interval=0.5, message="ready again")
+        metrics = requests.get(nudge.url + "/metrics", timeout=10).text
+        assert sample(metrics, "nudge_delivery_worker_healthy") == 1
     finally:
         nudge.stop()
 
