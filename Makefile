@@ -37,7 +37,7 @@ $(VENV)/.test-deps: $(BIN)/nudge pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-install-test: install $(VENV)/.test-deps binaries postgresql chromium
+install-test: install $(VENV)/.test-deps binaries postgresql chromium nginx
 
 # A real PostgreSQL server for the PostgreSQL engine's tests (each test session runs a
 # throwaway cluster of its own), and docker-compose to check the compose files.
@@ -89,6 +89,16 @@ binaries:
 	else \
 	    echo "prometheus/alertmanager not found: install them or set PROMETHEUS_BIN and ALERTMANAGER_BIN"; exit 1; \
 	fi
+
+# nginx, to test the buffering proxy shipped in front of the public listener
+# (deploy/nginx-public.conf, tests/test_public_proxy.py).
+.PHONY: nginx
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || ! command -v apt-get >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "Installing nginx from the distribution's packages"; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	        --no-install-recommends nginx >/dev/null; }
 
 run: export NUDGE_WEBHOOK_TOKEN ?= $(if $(NUDGE_WEBHOOK_TOKEN_FILE),,dev-token)
 run: export NUDGE_DEV ?= 1
