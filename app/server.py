@@ -152,8 +152,6 @@ class Child:
 # `shutdown_seconds`, or the container runtime SIGKILLs sends in flight:
 # tests/test_shutdown.py compares the shipped ones with deploy/nudge.yml.
 RECEIVER_GRACEFUL_TIMEOUT = 20
-# Connect, EHLO, STARTTLS, EHLO again, AUTH, MAIL FROM, RCPT TO, DATA, the message, QUIT.
-SMTP_COMMANDS_PER_SEND = 10
 # What the outbox (no SMTP URL) needs to write one .eml file, generously.
 OUTBOX_WRITE_SECONDS = 5.0
 # Between a process finishing and the supervisor noticing, reaping and exiting.
@@ -164,9 +162,12 @@ def worker_drain_seconds(config: Config) -> float:
     """The longest the delivery worker may need to finish the sends in flight when told to
     stop (see above); the supervisor waits this long before killing it."""
     if config.smtp_url:
-        from app.transports import parse_smtp_url
+        from app.transports import commands_per_send, parse_smtp_url
 
-        send = SMTP_COMMANDS_PER_SEND * parse_smtp_url(config.smtp_url).timeout
+        settings = parse_smtp_url(config.smtp_url)
+        # The replies one send on a new connection waits for (the lease check counts the
+        # same), and the QUIT that closes the connection once the worker has drained.
+        send = (commands_per_send(settings) + 1) * settings.timeout
     else:
         send = OUTBOX_WRITE_SECONDS
     return config.directory_timeout + send + SUPERVISOR_MARGIN

@@ -64,7 +64,12 @@ def test_the_drain_time_follows_the_configuration():
     operator's grace period must follow: the README says how to work it out)."""
     base = load_config(data={"smtp": {"url": "smtp://mail.example:587"}}, environ={})
     slower = load_config(data={"smtp": {"url": "smtp://mail.example:587?timeout=30"},
-                               "directory": {"timeout": "10s"}}, environ={})
+                               "directory": {"timeout": "10s"},
+                               "delivery": {"lease": "5m"}}, environ={})
+    # greeting, EHLO, MAIL, RCPT, DATA, end of data, and the QUIT: 7 replies at most
     assert worker_drain_seconds(slower) - worker_drain_seconds(base) == pytest.approx(
-        10 * (30 - 10) + (10 - 2))
+        7 * (30 - 10) + (10 - 2))
+    login = load_config(data={"smtp": {"url": "smtp://me:pw@mail.example:587?tls=starttls"}},
+                        environ={})
+    assert worker_drain_seconds(login) - worker_drain_seconds(base) == pytest.approx(3 * 10)
     assert shutdown_seconds(slower) > worker_drain_seconds(slower)
