@@ -14,7 +14,7 @@ from app.store import open_store
 from app.suppressions import ALL, make_token
 from demo_api.loop import free_port
 from tests.conftest import TOKEN, fixture_bytes
-from tests.processes import NudgeProcess
+from tests.processes import NudgeProcess, wait_until
 
 STALLED_CONNECTIONS = 20
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,6 +45,14 @@ def service(tmp_path, config_data):
     config_data["server"] = {"public_bind": f"127.0.0.1:{public_port}"}
     nudge = NudgeProcess(tmp_path, config_data).start()
     nudge.public_url = f"http://127.0.0.1:{public_port}"
+
+    def public_answers():
+        try:
+            return requests.get(nudge.public_url + "/unsubscribe/x", timeout=1).status_code == 400
+        except requests.RequestException:
+            return False
+
+    wait_until(public_answers, timeout=30, message="the public listener answering")
     yield nudge
     if nudge.process.poll() is None:
         nudge.stop()
@@ -100,7 +108,9 @@ def test_stalled_clients_on_the_public_listener_do_not_delay_the_webhook(service
 
 def test_without_a_public_listener_stalled_clients_do_stall_the_webhook(tmp_path, config_data):
     """Why the public listener exists: the same clients on the one listener take every thread
-    (this is what the test above would meet without it)."""
+    (this is what the test above would meet without it). One receiver process, so that every
+    stalled connection lands in the same process's threads."""
+    config_data["server"] = {"workers": 1}
     nudge = NudgeProcess(tmp_path, config_data).start()
     try:
         with ExitStack() as stack:
