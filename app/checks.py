@@ -147,6 +147,14 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
     problems.extend(directory_problems)
     notes.extend(directory_notes)
     warnings: list[str] = smtp_check_warnings(config)
+    # What `nudge serve` would refuse: weak or sample secrets (warnings in development mode).
+    from app.secret_checks import secret_problems
+
+    secret_lines = secret_problems(config, os.environ if environ is None else environ)
+    if config.dev_mode:
+        warnings.extend(f"warning: development mode: {line}" for line in secret_lines)
+    else:
+        problems.extend(secret_lines)
     if not config.templates_dir.is_dir():
         problems.append(f"{config.templates_dir}: templates folder not found")
         templates: set[str] = set()

@@ -47,6 +47,22 @@ def test_a_weak_or_sample_secret_key_stops_the_service_at_start(tmp_path, config
     assert key not in output
 
 
+def test_nudge_check_reports_what_serve_would_refuse(tmp_path, config_data):
+    config_data["secret_key"] = "short-key"
+    path = tmp_path / "nudge.yml"
+    path.write_text(yaml.safe_dump(config_data))
+    check = [sys.executable, "-m", "app.cli", "--config", str(path), "check", "--no-promtool"]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    refused = subprocess.run(check, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert refused.returncode == 1
+    assert "secret_key: shorter than 32 bytes" in refused.stderr
+    assert "short-key" not in refused.stdout + refused.stderr
+    developing = subprocess.run(check, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                env={**env, "NUDGE_DEV": "1"})
+    assert developing.returncode == 0, developing.stderr
+    assert "warning: development mode:" in developing.stderr
+
+
 def test_the_sample_webhook_token_stops_the_service(tmp_path, config_data):
     config_data["webhook"]["token"] = "dev-token"
     code, output = run_to_exit(tmp_path, config_data)
