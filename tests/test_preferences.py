@@ -18,7 +18,7 @@ from app.suppressions import ALL, make_category_token, make_token
 from tests.conftest import TOKEN, post_and_decide
 from tests.test_unsubscribe import deliver_everything
 
-SECRET = "test-secret-key"
+SECRET = "test-secret-key-of-at-least-32-bytes"  # conftest's config_data secret_key
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 RULES = """

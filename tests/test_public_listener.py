@@ -61,8 +61,9 @@ def service(tmp_path, config_data):
 def test_the_public_listener_serves_unsubscribe_and_nothing_internal(service, config_data):
     token = make_token(config_data["secret_key"], "u-42", ALL)
     page = requests.get(f"{service.public_url}/unsubscribe/{token}", timeout=10)
-    assert page.status_code == 200 and "Unsubscribe" in page.text
-    done = requests.post(f"{service.public_url}/unsubscribe/{token}", timeout=10)
+    assert page.status_code == 200 and "Email preferences" in page.text
+    done = requests.post(f"{service.public_url}/unsubscribe/{token}", timeout=10,
+                         data={"List-Unsubscribe": "One-Click"})
     assert done.status_code == 200 and "You are unsubscribed" in done.text
     suppressions = open_store(config_data["database"]).list_suppressions()
     assert [(s["user_id"], s["scope"]) for s in suppressions] == [("u-42", ALL)]
