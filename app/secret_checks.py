@@ -59,7 +59,7 @@ def secret_problems(config: Config, environ: Mapping[str, str]) -> list[str]:
     for setting, value in _other_secrets(config, environ):
         if value in SAMPLE_SECRETS:
             problems.append(f"{where}: {setting}: is a sample value published with Nudge; "
-                            f"replace it with a long random secret")
+                            f"replace it with a long random one (openssl rand -hex 32)")
     return problems
 
 
