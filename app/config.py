@@ -114,6 +114,13 @@ class Config:
     source: str = "defaults"
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     retention: float | None = None  # seconds of history kept; None: forever
+    # Holding emails back (app/holds.py): frequency cap and quiet hours.
+    cap_per_user: int = 0
+    cap_period: float = 86400.0
+    max_wait: float = 3 * 86400.0
+    quiet_window: Any = None  # app.holds.QuietWindow | None
+    timezone_field: str = "timezone"
+    default_timezone: str = "UTC"
 
     @property
     def uses_postgres(self) -> bool:
@@ -615,6 +622,19 @@ def _token_auth_method(value: Any) -> str:
     return text
 
 
+def _quiet_window(value: Any):
+    from app.holds import parse_window
+
+    return parse_window(value)
+
+
+def _time_zone(value: Any) -> str:
+    from app.holds import parse_zone
+
+    parse_zone(value)
+    return value.strip()
+
+
 # --- the settings ------------------------------------------------------------------------------
 
 
@@ -785,6 +805,22 @@ SETTINGS: tuple[Setting, ...] = (
        "raw notifications, decisions and send attempts older than this are deleted by the "
        "worker; what stops a re-send stays ([Retention](#retention)). `forever` (or 0) keeps "
        "everything", "retention", "NUDGE_RETENTION"),
+    _d("limits.per_user", 0, _non_negative_int, "a whole number >= 0",
+       "at most this many emails to one user per `limits.period`, across rules (0 = no cap); "
+       "essential rules do not count ([holding emails](#holding-emails-back))", "cap_per_user"),
+    _d("limits.period", "24h", _positive_duration, "a duration",
+       "the rolling window of the cap", "cap_period"),
+    _d("limits.max_wait", "3d", _positive_duration, "a duration",
+       "an email held back (cap or quiet hours) longer than this is dropped as stale",
+       "max_wait"),
+    _d("quiet_hours.window", "", _quiet_window, "HH:MM-HH:MM in the user's local time, or empty",
+       "no emails in this window of the user's local time, e.g. `21:00-08:00` (empty = none)",
+       "quiet_window", shown_default="*(none)*"),
+    _d("quiet_hours.timezone_field", "timezone", _text, "a field name",
+       "field of the directory / static-map record holding the user's IANA time zone",
+       "timezone_field"),
+    _d("quiet_hours.default_timezone", "UTC", _time_zone, "an IANA time zone like Europe/Berlin",
+       "for users without a time zone, or with one that is not valid", "default_timezone"),
     _d("metrics.multiproc_dir", "var/metrics", _path, "a folder path",
        "prometheus-client multiprocess folder, emptied at start (`PROMETHEUS_MULTIPROC_DIR` "
        "wins)", "metrics_dir"),
