@@ -26,7 +26,16 @@ from app.alerts import (
     parse_checked_notification,
     parse_json,
 )
-from app.policy import DUPLICATE, QUEUED, SKIPPED, AlertPolicy, Candidate, Skip, Verdict
+from app.policy import (
+    CANCELLED,
+    DUPLICATE,
+    QUEUED,
+    SKIPPED,
+    AlertPolicy,
+    Candidate,
+    Skip,
+    Verdict,
+)
 from app.store import (
     DecisionRecord,
     NewDelivery,
@@ -54,6 +63,8 @@ class _Prepared:
     notification: Notification | None
     error: str = ""
     verdicts: list[tuple[Alert, Skip | Candidate, str]] = field(default_factory=list)
+    # Per verdict: the firing email a resolved alert cancels, if still waiting (app/holds.py).
+    cancels: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -116,11 +127,18 @@ class Decider:
                 [(c.rule, c.user_id) for c in candidates],
             )
             now = time.time()
+            cancel_keys = [key for p in mine for key in p.cancels if key]
+            waiting = batch.cancel_resolved(cancel_keys, now) if cancel_keys else {}
             records: list[DecisionRecord] = []
             for item in mine:
                 counts: Counter = Counter()
-                for alert, verdict, alert_json in item.verdicts:
-                    if isinstance(verdict, Skip):
+                for (alert, verdict, alert_json), cancel in zip(item.verdicts, item.cancels,
+                                                                strict=True):
+                    decided = (policy.resolved_cancellation(verdict, *waiting[cancel])
+                               if cancel in waiting else None)
+                    if decided is not None:
+                        pass  # the alert resolved while its email waited
+                    elif isinstance(verdict, Skip):
                         decided = Verdict(SKIPPED, verdict.reason, verdict.detail)
                     else:
                         decided = policy.judge(verdict, facts, now)
@@ -150,6 +168,8 @@ class Decider:
             self._log(item, counts)
         for (outcome, reason), count in report.by_reason.items():
             metrics.ALERT_DECISIONS.labels(outcome, reason).inc(count)
+            if outcome == CANCELLED:
+                metrics.DELIVERY_HOLDS.labels(CANCELLED, reason).inc(count)
         if report.notifications:
             metrics.NOTIFICATIONS_DECIDED.inc(report.notifications)
             metrics.DECISION_LAG.observe(time.time() - min(
@@ -221,6 +241,7 @@ class Decider:
             verdict = policy.decide(alert, self.alert_policy, self._settings_memo)
             alert_json = alert.to_json() if isinstance(verdict, Candidate) else ""
             item.verdicts.append((alert, verdict, alert_json))
+            item.cancels.append(policy.firing_key_to_cancel(alert, self.alert_policy))
         return item
 
     @staticmethod

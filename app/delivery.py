@@ -24,6 +24,7 @@ from app.circuit import DIRECTORY, RECIPIENT, SETUP, SMTP, SendingGate
 from app.compose import alert_context, compose
 from app.config import Config
 from app.directory import StaticDirectory, directory_from_config
+from app.holding import HoldStep
 from app.messages import message_id_for
 from app.recipients import choose_recipient
 from app.rendering import TemplateError
@@ -94,6 +95,7 @@ class Deliverer:
         self.message_domain = urlsplit(config.public_url).hostname or "nudge.localhost"
         # Pauses sending while the setup is broken (app/circuit.py).
         self.gate = SendingGate(config.pause_probe_interval)
+        self.holds = HoldStep(config, store)
 
     def close(self) -> None:
         self.templates.close()
@@ -136,6 +138,9 @@ class Deliverer:
             if choice.retry_later:
                 return self._retry(delivery, choice.reason, where)
             return self._fail(delivery, "no_recipient", choice.reason, where)
+        held, delivery = self.holds.check(delivery, choice.user, where)
+        if held is not None:  # quiet hours, the frequency cap, or cancelled / dropped
+            return held
 
         # One link for both: the body's opens the preference page (GET), the header's is
         # RFC 8058's one-click POST, which stops this email's category.
@@ -248,7 +253,8 @@ class Deliverer:
     def _retry(self, delivery: Delivery, error: str, where: str, recipient=None) -> str:
         now = time.time()
         delay = next_retry(
-            self.retry_policy, delivery.attempts, now - delivery.created_epoch, random.random()
+            self.retry_policy, delivery.attempts,
+            now - delivery.created_epoch - delivery.held_seconds, random.random()
         )
         if delay is None:
             metrics.EMAILS_DEAD.labels(delivery.template).inc()

@@ -127,6 +127,13 @@ EMAILS_SUPPRESSED = _by_template(Counter(
 EMAILS_DEAD = _by_template(Counter(
     "nudge_emails_dead", "Deliveries that ran out of retries", ["template"]
 ))
+# event and reason come from fixed sets (app/holds.py): no bounding needed.
+DELIVERY_HOLDS = Counter(
+    "nudge_delivery_holds",
+    "Emails held back (event held: quiet_hours, frequency_cap, priority), let go after a hold "
+    "(released), dropped (max_wait) or cancelled (alert_resolved), by reason",
+    ["event", "reason"],
+)
 SEND_DURATION = Histogram(
     "nudge_send_duration_seconds", "Time to hand one message to the transport",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

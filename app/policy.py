@@ -20,6 +20,7 @@ from app.alerts import Alert
 from app.clock import iso
 from app.config import Config, RuleOverride
 from app.durations import format_duration, parse_cooldown
+from app.holds import rule_holds
 from app.store import Facts
 
 COOLDOWN_ANNOTATION = "nudge_cooldown"
@@ -27,6 +28,7 @@ SEND_RESOLVED_ANNOTATION = "nudge_send_resolved"
 
 # Outcomes of a decision.
 QUEUED, DUPLICATE, SKIPPED = "queued", "duplicate", "skipped"
+CANCELLED = "cancelled"  # a resolved alert cancelled its waiting firing email
 
 # Reasons are metric label values: keep this set small and fixed.
 NO_USER_LABEL = "no_user_label"
@@ -38,6 +40,8 @@ COOLDOWN = "cooldown"
 SAME_EPISODE = "same_episode"
 ONCE_EVER = "already_sent_once"
 NEW_EPISODE = "new_episode"
+ALERT_RESOLVED = "alert_resolved"
+FIRING_EMAIL_CANCELLED = "firing_email_cancelled"
 
 
 @dataclass(frozen=True)
@@ -213,3 +217,39 @@ def remember_queued(facts: Facts, candidate: Candidate, delivery_id: int, now: f
     facts.deliveries[candidate.dedup_key] = delivery_id
     if takes_cooldown(candidate):
         facts.last_queued[(candidate.rule, candidate.user_id)] = now
+
+
+def firing_key_to_cancel(alert: Alert, policy: AlertPolicy) -> str | None:
+    """For a resolved alert whose rule cancels waiting emails when the alert resolves (the
+    default; `nudge_cancel_on_resolve: "false"` keeps them): the dedup key of its episode's
+    firing email. None otherwise."""
+    if alert.status != "resolved":
+        return None
+    user_id = alert.labels.get(policy.user_label, "")
+    if not user_id:
+        return None
+    try:
+        if not rule_holds(alert.annotations).cancel_on_resolve:
+            return None
+        settings = rule_settings(alert, policy)
+    except ValueError:
+        return None  # recorded as invalid_settings by `decide`
+    if not settings.template:
+        return None
+    return dedup_key(alert.labels.get("alertname", ""), user_id, "firing", alert.starts_at,
+                     settings.cooldown)
+
+
+def resolved_cancellation(candidate: Candidate | Skip, delivery_id: int, before: str
+                          ) -> Verdict | None:
+    """The decision for a resolved alert whose firing email was waiting (`before` its
+    status when the alert resolved): cancelled now, or already cancelled earlier."""
+    follow_up = isinstance(candidate, Candidate)
+    if before == "queued":
+        also = "; no resolved email either" if follow_up else ""
+        return Verdict(CANCELLED, ALERT_RESOLVED, f"delivery {delivery_id} cancelled: alert "
+                       f"resolved before sending{also}", delivery_id)
+    if before == "cancelled" and follow_up:
+        return Verdict(SKIPPED, FIRING_EMAIL_CANCELLED, f"the firing email (delivery "
+                       f"{delivery_id}) was cancelled: no resolved email")
+    return None

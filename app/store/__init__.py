@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.store.base import (
+    CANCELLED,
     DEAD,
+    DROPPED,
     FAILED,
     QUEUED,
     SENDING,
@@ -23,6 +25,7 @@ from app.store.base import (
     DecisionRecord,
     Delivery,
     Facts,
+    GateFacts,
     JournalEntry,
     JournalStats,
     NewDelivery,
@@ -32,12 +35,14 @@ from app.store.base import (
     RateReservation,
     RetrySelection,
     SchemaMismatch,
+    SendGate,
     StorageError,
     StorageUnavailable,
     Store,
 )
 
 __all__ = [
+    "CANCELLED", "DROPPED", "GateFacts", "SendGate",
     "DEAD", "FAILED", "QUEUED", "SENDING", "SENT", "STATUSES", "SUPPRESSED", "WAITING",
     "ChangeWatcher", "DecisionBatch", "DecisionRecord", "Delivery", "Facts", "JournalEntry",
     "JournalStats", "NewDelivery", "PendingNotification", "QueueStats", "RateReservation", "SchemaMismatch",

@@ -33,7 +33,9 @@ QUEUED, SENDING, SENT, FAILED, DEAD, SUPPRESSED = (
     "dead",
     "suppressed",
 )
-STATUSES = (QUEUED, SENDING, SENT, FAILED, DEAD, SUPPRESSED)
+# Held back and never sent (app/holds.py): the alert resolved first, or it waited too long.
+CANCELLED, DROPPED = "cancelled", "dropped"
+STATUSES = (QUEUED, SENDING, SENT, FAILED, DEAD, SUPPRESSED, CANCELLED, DROPPED)
 WAITING = (QUEUED, SENDING)
 
 
@@ -136,6 +138,13 @@ class DecisionBatch(ABC):
     @abstractmethod
     def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None: ...
 
+    @abstractmethod
+    def cancel_resolved(self, firing_keys: Sequence[str], now: float
+                        ) -> dict[str, tuple[int, str]]:
+        """These firing emails' alerts resolved: cancel each one still queued (or held); mark
+        one being sent so its send step cancels it. Returns key -> (delivery id, its status
+        before) for every key that has a delivery."""
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -151,10 +160,55 @@ class Delivery:
     created_at: str  # when queued, or requeued by `nudge retry`: the max_age clock starts here
     attempt_id: int | None = None  # identifies this claim: its row in the attempt log
     lease_until: float | None = None  # when the claim expires unless renewed
+    held_seconds: float = 0.0  # held back so far (quiet hours, the cap): not part of its age
 
     @property
     def created_epoch(self) -> float:
         return parse_time(self.created_at).timestamp()
+
+
+@dataclass(frozen=True)
+class WaitingRow:
+    """Another email of the same user that has not gone out yet (queued, held or sending)."""
+
+    id: int
+    rule: str
+    annotations: dict[str, str]
+    created_at: float
+    due_at: float
+
+
+@dataclass(frozen=True)
+class GateFacts:
+    """What the hold policy judges a claimed delivery by, read under the user's lock."""
+
+    current: bool  # False: the claim was taken over; do nothing with it
+    recent_sends: list[float] = field(default_factory=list)  # this user's counted sends
+    waiting: list[WaitingRow] = field(default_factory=list)
+    resolved: bool = False  # its alert resolved while it waited
+    waited: float = 0.0  # seconds held back so far, this hold included
+    hold_reason: str | None = None  # of the current hold
+    note: str | None = None  # the last hold/release sentence
+    held: bool = False  # comes back from a hold
+
+
+class SendGate(ABC):
+    """A claimed delivery judged under its user's lock: exactly one of these is called."""
+
+    facts: GateFacts
+
+    @abstractmethod
+    def send(self, counted: bool, reason: str, detail: str) -> None:
+        """It goes out now: take a send slot when it counts toward the cap (given back by
+        `settle` unless the send succeeds), and close its hold if it was held."""
+
+    @abstractmethod
+    def hold(self, until: float, reason: str, detail: str) -> None:
+        """Back to the queue until `until`; not an attempt (the claim's attempt row goes)."""
+
+    @abstractmethod
+    def finish(self, status: str, reason: str, detail: str) -> None:
+        """Never sent: CANCELLED or DROPPED, with why."""
 
 
 @dataclass(frozen=True)
@@ -332,6 +386,17 @@ class Store(ABC):
         """Delete journal files whose every record is decided (moved into the database) and
         that will never be appended to again (engines without journal files: nothing)."""
 
+    @abstractmethod
+    def list_delivery_events(self, delivery_id: int) -> list[dict[str, Any]]:
+        """Holds, releases, drops and cancellations of a delivery, oldest first."""
+
+    @abstractmethod
+    def send_gate(self, delivery: Delivery, now: float, period: float
+                  ) -> AbstractContextManager[SendGate]:
+        """Lock the delivery's user, read the facts the hold policy needs (sends in the last
+        `period`, the user's other waiting emails, whether its alert resolved) and let the
+        caller record one verdict, all in one transaction."""
+
     def fleet_rate_limiter(self, per_second: float) -> RateReservation | None:
         """A send rate shared by every process on this database, or None when the engine has
         no fleet (SQLite: all senders of a host share one process's limiter)."""
@@ -396,7 +461,8 @@ TABLES: dict[str, list[str]] = {
     "deliveries": ["id", "dedup_key", "notification_id", "rule", "user_id", "template", "kind",
                    "status", "starts_at", "alert", "external_url", "recipient", "attempts",
                    "next_attempt_at", "lease_until", "last_error", "created_at", "updated_at",
-                   "sent_at", "claim", "requeued_at", "pruned_at"],
+                   "sent_at", "claim", "requeued_at", "pruned_at", "held_since",
+                   "held_seconds", "hold_reason", "note", "resolved_at"],
     "decisions": ["id", "notification_id", "created_at", "rule", "user_id", "alert_status",
                   "starts_at", "fingerprint", "outcome", "reason", "detail", "delivery_id"],
     "cooldowns": ["rule", "user_id", "last_queued_at"],
@@ -404,6 +470,8 @@ TABLES: dict[str, list[str]] = {
                  "recipient", "error"],
     "suppressions": ["user_id", "scope", "source", "created_at"],
     "category_suppressions": ["user_id", "category", "source", "created_at"],
+    "send_slots": ["delivery_id", "user_id", "sent_at"],
+    "delivery_events": ["id", "delivery_id", "created_at", "event", "reason", "detail"],
 }
 
 

@@ -37,7 +37,7 @@ class Listings:
                         ) -> list[dict[str, Any]]:
         rows = self._rows(*self._filtered(
             "SELECT id, created_at, rule, user_id, template, kind, status, attempts, recipient, "
-            "next_attempt_at, last_error, sent_at, starts_at FROM deliveries",
+            "next_attempt_at, last_error, sent_at, starts_at, note FROM deliveries",
             {"user_id": user, "rule": rule, "status": status}, limit))
         for row in rows:
             row["next_attempt_at"] = iso(row["next_attempt_at"]) if row["status"] == QUEUED else None
@@ -53,6 +53,11 @@ class Listings:
     def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         return self._rows(
             "SELECT attempt, started_at, finished_at, outcome, recipient, error FROM attempts "
+            f"WHERE delivery_id = {self.PLACEHOLDER} ORDER BY id", [delivery_id])
+
+    def list_delivery_events(self, delivery_id: int) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT created_at, event, reason, detail FROM delivery_events "
             f"WHERE delivery_id = {self.PLACEHOLDER} ORDER BY id", [delivery_id])
 
     def list_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:

@@ -22,11 +22,12 @@ from typing import Any
 
 from app.alerts import parse_time
 from app.clock import iso
-from app.store import journal_files
+from app.store import journal_files, send_gates
 from app.store.base import (
     DEAD,
     FAILED,
     QUEUED,
+    SENT,
     TABLES,
     ChangeWatcher,
     DecisionBatch,
@@ -40,6 +41,7 @@ from app.store.base import (
     PruneCounts,
     QueueStats,
     SchemaMismatch,
+    SendGate,
     StorageError,
     StorageUnavailable,
     Store,
@@ -170,6 +172,31 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL,
         PRIMARY KEY (user_id, category)
     );
+    """,
+    # Holding emails back (app/holds.py): how long each waited and why, the sends that
+    # count toward the frequency cap, and every hold, release, drop and cancellation.
+    """
+    ALTER TABLE deliveries ADD COLUMN held_since REAL;
+    ALTER TABLE deliveries ADD COLUMN held_seconds REAL NOT NULL DEFAULT 0;
+    ALTER TABLE deliveries ADD COLUMN hold_reason TEXT;
+    ALTER TABLE deliveries ADD COLUMN note TEXT;
+    ALTER TABLE deliveries ADD COLUMN resolved_at REAL;
+    CREATE INDEX deliveries_user_status ON deliveries(user_id, status);
+    CREATE TABLE send_slots (
+        delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id),
+        user_id TEXT NOT NULL,
+        sent_at REAL NOT NULL
+    );
+    CREATE INDEX send_slots_user ON send_slots(user_id, sent_at);
+    CREATE TABLE delivery_events (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        created_at TEXT NOT NULL,
+        event TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX delivery_events_delivery ON delivery_events(delivery_id);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -596,6 +623,8 @@ class SQLiteStore(Listings, Store):
             ).rowcount
             if not current:
                 attempt_outcome = f"{attempt_outcome} (after its lease expired)"
+            if status != SENT:  # a send slot taken for this attempt is given back
+                conn.execute("DELETE FROM send_slots WHERE delivery_id = ?", (delivery.id,))
             if delivery.attempt_id is not None:
                 conn.execute(
                     "UPDATE attempts SET outcome = ?, finished_at = ?, recipient = ?, error = ? "
@@ -638,9 +667,10 @@ class SQLiteStore(Listings, Store):
 
     def queue_stats(self, now: float) -> QueueStats:
         with self._read("cannot read the queue") as conn:
+            # Emails held back (quiet hours, the cap) wait on purpose: not a backlog.
             depth, oldest = conn.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM deliveries "
-                "WHERE status IN ('queued', 'sending')"
+                "WHERE status IN ('queued', 'sending') AND held_since IS NULL"
             ).fetchone()
         if not oldest:
             return QueueStats(depth, 0.0)
@@ -744,6 +774,13 @@ class SQLiteStore(Listings, Store):
                 conn.execute(f"UPDATE notifications SET body = '' WHERE id IN ({marks})", ids)
                 counts.raw_bodies = len(ids)
         return counts
+
+    @contextmanager
+    def send_gate(self, delivery: Delivery, now: float, period: float) -> Iterator[SendGate]:
+        # BEGIN IMMEDIATE: the only writer, so the user's sends cannot change meanwhile.
+        with self._write("cannot check the user's recent emails") as conn:
+            facts = send_gates.gate_facts(conn, "?", delivery, now, period)
+            yield send_gates.SQLSendGate(conn, "?", delivery, now, facts)
 
     # -- suppressions ----------------------------------------------------------------------
     def suppression_scopes(self, user_id: str) -> set[str]:
@@ -883,6 +920,10 @@ class _SQLiteDecisionBatch(DecisionBatch):
                 "ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at",
                 [(rule, user, at) for (rule, user), at in self._cooldowns.items()])
             self._cooldowns = {}
+
+    def cancel_resolved(self, firing_keys: Sequence[str], now: float
+                        ) -> dict[str, tuple[int, str]]:
+        return send_gates.cancel_resolved(self.conn, "?", firing_keys, now)
 
     def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None:
         self.flush()  # decisions refer to the deliveries
