@@ -157,7 +157,8 @@ def _print_rows(rows: list[dict], columns: list[str], as_json: bool, empty: str,
         return
     widths = {c: max(len(c), *(len(str(r.get(c) if r.get(c) is not None else "-")) for r in rows))
               for c in columns}
-    widths = {c: min(w, 60) for c, w in widths.items()}
+    # The last column (a reason, in every listing) is shown whole.
+    widths = {c: w if c == columns[-1] else min(w, 60) for c, w in widths.items()}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for row in rows:
         cells = []
@@ -177,25 +178,33 @@ def _print_rows(rows: list[dict], columns: list[str], as_json: bool, empty: str,
 @click.option("--rule", help="Only this rule (alertname).")
 @click.option("--status", type=click.Choice(STATUSES), help="Only deliveries in this status.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--attempts", "show_attempts", is_flag=True, help="Show every attempt under each.")
+@click.option("--attempts", "show_attempts", is_flag=True,
+              help="Show every attempt, hold and release under each.")
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_context
 def deliveries(ctx: Context, user, rule, status, limit, show_attempts, as_json) -> None:
-    """List deliveries, newest first: what was queued, sent, retried or failed, and why."""
+    """List deliveries, newest first: what was queued, held, sent, retried, failed or
+    cancelled, and why (WHY: the last hold, release, drop or cancellation)."""
     store = ctx.store()
     rows = store.list_deliveries(user=user, rule=rule, status=status, limit=limit)
+    for row in rows:
+        row["why"] = row.pop("note", None)
     if show_attempts or as_json:
         for row in rows:
             row["attempt_log"] = store.list_attempts(row["id"])
+            row["hold_log"] = store.list_delivery_events(row["id"])
 
     def attempt_lines(row):
-        return [f"attempt {a['attempt']} {a['started_at']} {a['outcome']} {a['error'] or ''}".rstrip()
-                for a in row["attempt_log"]]
+        lines = [(a["started_at"], f"attempt {a['attempt']} {a['started_at']} {a['outcome']} "
+                  f"{a['error'] or ''}".rstrip()) for a in row["attempt_log"]]
+        lines += [(e["created_at"], f"{e['event']} {e['created_at']} {e['detail']}")
+                  for e in row["hold_log"]]
+        return [line for _, line in sorted(lines, key=lambda pair: pair[0])]
 
     _print_rows(
         rows,
         ["id", "created_at", "rule", "user_id", "template", "kind", "status", "attempts",
-         "recipient", "next_attempt_at", "last_error"],
+         "recipient", "next_attempt_at", "last_error", "why"],
         as_json,
         "no deliveries",
         attempt_lines if show_attempts else None,
@@ -350,12 +359,17 @@ def copy_database(ctx: Context, target: str, target_password_file: str | None) -
 @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
 @pass_context
 def decisions(ctx: Context, user, rule, limit, as_json) -> None:
-    """List per-alert decisions (queued / duplicate / skipped) with the reason, newest first."""
+    """List per-alert decisions (queued / duplicate / skipped / cancelled) with the reason,
+    newest first; NOW says what became of the email since (held back and why, sent...)."""
     rows = ctx.store().list_decisions(user=user, rule=rule, limit=limit)
+    for row in rows:  # the email's story since the decision (held, sent, cancelled...)
+        row["now"] = row["delivery_status"]
+        if row["delivery_note"]:
+            row["now"] += f" ({row['delivery_note']})"
     _print_rows(
         rows,
         ["id", "created_at", "rule", "user_id", "alert_status", "outcome", "reason",
-         "delivery_id", "detail"],
+         "delivery_id", "detail", "now"],
         as_json,
         "no decisions",
     )

@@ -83,8 +83,8 @@ def outcome_counts(app, notification_id: int) -> dict[str, int]:
     decide(app)
     counts = {"queued": 0, "duplicate": 0, "skipped": 0}
     for row in app.extensions["nudge_store"].list_decisions():
-        if row["notification_id"] == notification_id:
-            counts[row["outcome"]] += 1
+        if row["notification_id"] == notification_id:  # "cancelled" only when there are any
+            counts[row["outcome"]] = counts.get(row["outcome"], 0) + 1
     return counts
 
 

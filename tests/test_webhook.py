@@ -130,9 +130,16 @@ def test_grouped_notification_queues_one_delivery_per_user(client, app, auth):
     assert sorted(d["user_id"] for d in rows(app, "deliveries")) == ["u0", "u1", "u2", "u3", "u4"]
 
 
+def keep_on_resolve(payload: dict) -> dict:
+    """The rule keeps its emails when the alert resolves (`nudge_cancel_on_resolve`)."""
+    for alert in payload["alerts"]:
+        alert["annotations"]["nudge_cancel_on_resolve"] = "false"
+    return payload
+
+
 def test_mixed_resolved_sends_nothing_for_resolved_without_a_resolved_email(client, app, auth):
     post(client, fixture_bytes("grouped-five-users.json"), auth)
-    response = post(client, fixture_bytes("grouped-mixed-resolved.json"), auth)
+    response = post(client, keep_on_resolve(load_fixture("grouped-mixed-resolved.json")), auth)
     assert response.json == {
         "status": "accepted", "notification_id": 2, "queued": 0, "duplicate": 3, "skipped": 2
     }
@@ -149,10 +156,46 @@ def test_resolved_email_when_the_rule_asks_for_one(client, app, auth):
         for alert in payload["alerts"]:
             alert["annotations"]["nudge_send_resolved"] = "true"
     post(client, firing, auth)
+    keep_on_resolve(resolved)
     assert post(client, resolved, auth).json["queued"] == 2
     assert post(client, resolved, auth).json["queued"] == 0  # repeated: duplicates
     kinds = [(d["user_id"], d["kind"]) for d in rows(app, "deliveries") if d["kind"] == "resolved"]
     assert sorted(kinds) == [("u0", "resolved"), ("u1", "resolved")]
+
+
+def test_an_alert_that_resolves_while_its_email_waits_cancels_it(client, app, auth):
+    post(client, fixture_bytes("grouped-five-users.json"), auth)
+    response = post(client, fixture_bytes("grouped-mixed-resolved.json"), auth)
+    assert response.json == {"status": "accepted", "notification_id": 2, "queued": 0,
+                             "duplicate": 3, "skipped": 0, "cancelled": 2}
+    cancelled = [d for d in list_decisions(app) if d["outcome"] == "cancelled"]
+    assert {d["user_id"] for d in cancelled} == {"u0", "u1"}
+    assert {d["reason"] for d in cancelled} == {"alert_resolved"}
+    by_id = {d["id"]: d for d in rows(app, "deliveries")}
+    for decision in cancelled:
+        delivery = by_id[decision["delivery_id"]]
+        assert delivery["status"] == "cancelled"
+        assert delivery["note"] == "cancelled: alert resolved before sending"
+    assert sorted(d["status"] for d in by_id.values()) == ["cancelled"] * 2 + ["queued"] * 3
+    # Repeats of the resolved notification change nothing.
+    assert post(client, fixture_bytes("grouped-mixed-resolved.json"), auth).json["skipped"] == 2
+
+
+def test_a_cancelled_firing_email_gets_no_resolved_email_either(client, app, auth):
+    firing = load_fixture("grouped-five-users.json")
+    resolved = load_fixture("grouped-mixed-resolved.json")
+    for payload in (firing, resolved):
+        for alert in payload["alerts"]:
+            alert["annotations"]["nudge_send_resolved"] = "true"
+    post(client, firing, auth)
+    first = post(client, resolved, auth).json
+    assert (first["queued"], first["cancelled"]) == (0, 2)
+    again = post(client, resolved, auth).json
+    assert (again["queued"], again["skipped"]) == (0, 2)
+    reasons = {d["reason"] for d in list_decisions(app) if d["notification_id"] == 3
+               and d["outcome"] == "skipped"}
+    assert reasons == {"firing_email_cancelled"}
+    assert not [d for d in rows(app, "deliveries") if d["kind"] == "resolved"]
 
 
 def test_resolved_email_needs_a_firing_email_first(client, app, auth):

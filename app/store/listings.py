@@ -47,7 +47,12 @@ class Listings:
                        limit: int | None = None) -> list[dict[str, Any]]:
         return self._rows(*self._filtered(
             "SELECT id, created_at, notification_id, rule, user_id, alert_status, starts_at, "
-            "outcome, reason, detail, delivery_id FROM decisions",
+            "outcome, reason, detail, delivery_id, "
+            # What became of the email since: held back, sent, cancelled... and why.
+            "(SELECT status FROM deliveries WHERE deliveries.id = decisions.delivery_id) "
+            "AS delivery_status, "
+            "(SELECT note FROM deliveries WHERE deliveries.id = decisions.delivery_id) "
+            "AS delivery_note FROM decisions",
             {"user_id": user, "rule": rule}, limit))
 
     def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
