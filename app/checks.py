@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from app.alertmanager_checks import alertmanager_warnings
 from app.config import Config
 from app.directory import CredentialError, credentials_from_config, read_secret_file
 from app.durations import parse_cooldown
@@ -27,6 +28,8 @@ from app.rendering import build_environment, has_resolved_variant, list_template
 from app.rule_checks import (
     category_problems,
     category_warnings,
+    hold_annotation_problems,
+    hold_annotation_warnings,
     promtool_check_rules,
     promtool_path,
     promtool_unit_tests,
@@ -138,7 +141,8 @@ def smtp_check_warnings(config: Config) -> list[str]:
 
 
 def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
-               promtool: bool = True) -> CheckReport:
+               promtool: bool = True, alertmanager_configs: tuple[Path, ...] = ()
+               ) -> CheckReport:
     """Everything `nudge check` reports; `problems` is empty when everything is deployable."""
     problems: list[str] = []
     notes: list[str] = []
@@ -171,7 +175,13 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
         problems.extend(check_rule(rule, config, templates))
         warnings.extend(rule_warnings(rule, config))
         problems.extend(category_problems(rule))
+        problems.extend(hold_annotation_problems(rule))
+        warnings.extend(hold_annotation_warnings(rule))
     warnings.extend(category_warnings(rules, config))
+    for alertmanager_config in alertmanager_configs:
+        found_problems, found_warnings = alertmanager_warnings(Path(alertmanager_config))
+        problems.extend(found_problems)
+        warnings.extend(found_warnings)
     for alertname, override in config.rule_overrides.items():
         if override.template and override.template not in templates:
             problems.append(

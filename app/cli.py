@@ -694,12 +694,16 @@ def new(ctx: Context, name: str, alertname: str | None, rule_file: Path | None) 
 @main.command()
 @click.option("--no-promtool", "no_promtool", is_flag=True,
               help="Skip promtool (rule syntax and the rules' unit tests).")
+@click.option("--alertmanager-config", "alertmanager_configs", multiple=True,
+              type=click.Path(dir_okay=False),
+              help="Also check this Alertmanager config's webhook to Nudge (repeatable).")
 @pass_context
-def check(ctx: Context, no_promtool: bool) -> None:
+def check(ctx: Context, no_promtool: bool, alertmanager_configs: tuple[str, ...]) -> None:
     """Check nudge.yml, every template and every rule (and its unit tests) before a deploy."""
     from app.checks import run_checks
 
-    report = run_checks(ctx.config, promtool=not no_promtool)
+    report = run_checks(ctx.config, promtool=not no_promtool,
+                        alertmanager_configs=tuple(alertmanager_configs))
     for line in report.problems + report.warnings:
         click.echo(line, err=True)
     for note in report.notes:

@@ -23,6 +23,12 @@ from app.categories import (
 )
 from app.config import Config
 from app.durations import format_duration
+from app.holds import (
+    CANCEL_ON_RESOLVE_ANNOTATION,
+    ESSENTIAL_ANNOTATION,
+    PRIORITY_ANNOTATION,
+    rule_holds,
+)
 from app.policy import COOLDOWN_ANNOTATION, SEND_RESOLVED_ANNOTATION
 from app.rules import RuleEntry
 
@@ -239,3 +245,41 @@ def _line_of_test(text: str, name: str) -> int:
             if re.match(rf"\s*-?\s*name:\s*['\"]?{re.escape(name)}['\"]?\s*$", line):
                 return number
     return 1
+
+
+# --- holding emails back (app/holds.py) -----------------------------------------------------
+
+HOLD_ANNOTATIONS = (PRIORITY_ANNOTATION, ESSENTIAL_ANNOTATION, CANCEL_ON_RESOLVE_ANNOTATION)
+
+
+def hold_annotation_problems(rule: RuleEntry) -> list[str]:
+    """`nudge_priority` must be a whole number; `nudge_essential` and
+    `nudge_cancel_on_resolve` 'true' or 'false' (one problem each, at its line)."""
+    problems = []
+    for name in HOLD_ANNOTATIONS:
+        if name not in rule.annotations:
+            continue
+        try:
+            rule_holds({name: rule.annotations[name]})
+        except ValueError as exc:
+            problems.append(f"{rule.file}:{rule.line_of('annotations', name)}: {rule.alert}: {exc}")
+    return problems
+
+
+def hold_annotation_warnings(rule: RuleEntry) -> list[str]:
+    """Annotations that look like a misspelt hold setting (ignored, so the email is not
+    held, prioritised or kept as meant)."""
+    warnings = []
+    known = {COOLDOWN_ANNOTATION, SEND_RESOLVED_ANNOTATION, CATEGORY_ANNOTATION,
+             TITLE_ANNOTATION, *HOLD_ANNOTATIONS}
+    for name in rule.annotations:
+        if name in known:
+            continue
+        for setting in HOLD_ANNOTATIONS:
+            if _looks_like(name, setting):
+                warnings.append(
+                    f"{rule.file}:{rule.line_of('annotations', name)}: warning: {rule.alert}: "
+                    f"annotation {name!r} is not a Nudge setting and is ignored: did you mean "
+                    f"{setting!r}?")
+                break
+    return warnings
