@@ -68,6 +68,7 @@ class Account:
     payment_status: str = "ok"
     card_last4: str | None = None
     last_call_at: float | None = None
+    timezone: str | None = None  # IANA name; Nudge's quiet hours go by the user's clock
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     deprecated: dict[str, int] = field(default_factory=dict)
     recent_requests: HourlyTally = field(default_factory=HourlyTally)
@@ -98,6 +99,7 @@ class Account:
             "errors_24h": self.recent_errors.total(now, HOURS_24H),
             "deprecated_calls_7d": self.recent_deprecated.total(now, HOURS_7D),
             "last_call_at": None if self.last_call_at is None else iso_utc(self.last_call_at),
+            "timezone": self.timezone,
             "payment_status": self.payment_status,
             "card_last4": self.card_last4,
         }
@@ -236,7 +238,7 @@ def account_from_json(data: Any, now: float) -> Account:
     """Build a new Account from an admin JSON body; raises ValueError when it is invalid.
 
     Required: user_id, email, name. Optional: plan (free), signup_at (now), quota_limit
-    (the plan's), quota_used (0), payment_status (ok), card_last4 (null).
+    (the plan's), quota_used (0), payment_status (ok), card_last4 (null), timezone (null).
     """
     if not isinstance(data, dict):
         raise ValueError("body must be a JSON object")
@@ -259,6 +261,9 @@ def account_from_json(data: Any, now: float) -> Account:
     card_last4 = data.get("card_last4")
     if card_last4 is not None and not isinstance(card_last4, str):
         raise ValueError("card_last4 must be a string")
+    timezone = data.get("timezone")
+    if timezone is not None and not isinstance(timezone, str):
+        raise ValueError("timezone must be a string (an IANA name like Europe/Berlin)")
     return Account(
         user_id=data["user_id"].strip(),
         email=data["email"].strip(),
@@ -268,6 +273,7 @@ def account_from_json(data: Any, now: float) -> Account:
         quota_limit=quota_limit,
         quota_used=quota_used,
         payment_status=payment_status,
+        timezone=timezone,
         card_last4=card_last4,
     )
 

@@ -12,6 +12,7 @@ share, and access tokens that expire every TOKEN_TTL seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -19,8 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import requests
 import yaml
@@ -31,6 +35,25 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "loop-token"
 DIRECTORY_CLIENT_ID = "nudge"
 TOKEN_TTL = 60  # seconds an access token to the demo API's user directory lives
+# The demo's night: users in this zone are inside quiet hours whenever the demo runs (the
+# window is set around their clock at start); the seeded users (UTC) are hours away.
+NIGHT_ZONE = "Asia/Kolkata"
+# Scene users created at start (`Loop(scenes=True)`, as `make demo` does): both sign up in
+# NIGHT_ZONE, so their emails wait for the morning; Hedy then makes her first API call, so
+# her waiting "make your first call" email is cancelled instead of sent.
+SCENE_USERS = (
+    {"user_id": "u8", "name": "Hedy Lamarr", "email": "hedy@example.com", "plan": "free",
+     "timezone": NIGHT_ZONE},
+    {"user_id": "u9", "name": "Katherine Johnson", "email": "katherine@example.com",
+     "plan": "free", "timezone": NIGHT_ZONE},
+)
+FIRST_CALL_AFTER = 15  # seconds after Hedy's email is held
+
+
+def night_window(now: float, zone: str = NIGHT_ZONE) -> str:
+    """Quiet hours from 30 minutes before to 90 minutes after `now` on `zone`'s clock."""
+    local = datetime.fromtimestamp(now, UTC).astimezone(ZoneInfo(zone))
+    return f"{local - timedelta(minutes=30):%H:%M}-{local + timedelta(minutes=90):%H:%M}"
 
 
 def free_port() -> int:
@@ -92,7 +115,7 @@ class Loop:
     def __init__(self, workdir: Path, *, for_duration: str = "10s", interval: str = "1s",
                  group_wait: str = "1s", group_interval: str = "2s",
                  repeat_interval: str = "6s", annotations: dict | None = None,
-                 nudge_config: dict | None = None):
+                 nudge_config: dict | None = None, scenes: bool = False):
         self.workdir = Path(workdir)
         self.for_duration = for_duration
         self.interval = interval
@@ -100,6 +123,7 @@ class Loop:
         self.repeat_interval = repeat_interval
         self.annotations = annotations or {}
         self.extra_nudge_config = nudge_config or {}
+        self.scenes = scenes
         self.processes: dict[str, subprocess.Popen] = {}
         self.ports = {name: free_port() for name in ("demo", "prometheus", "alertmanager", "nudge")}
         self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
@@ -161,6 +185,10 @@ class Loop:
                          "outbox_dir": str(self.workdir / "outbox")},
             "metrics": {"multiproc_dir": str(self.workdir / "metrics")},
         }
+        if self.scenes:  # holding emails back: the cap, and quiet hours for NIGHT_ZONE
+            nudge["limits"] = {"per_user": 2, "period": "24h", "max_wait": "3d"}
+            nudge["quiet_hours"] = {"window": night_window(time.time()),
+                                    "default_timezone": "UTC"}
         for key, value in self.extra_nudge_config.items():
             if isinstance(value, dict):
                 nudge.setdefault(key, {}).update(value)
@@ -205,7 +233,47 @@ class Loop:
         for name, path in (("demo", "/metrics"), ("prometheus", "/-/ready"),
                            ("alertmanager", "/-/ready"), ("nudge", "/-/ready")):
             self.wait_http(name, path)
+        if self.scenes:
+            self.add_scene_users()
         return self
+
+    def add_scene_users(self) -> None:
+        now = time.time()
+        signed_up = datetime.fromtimestamp(now - 2 * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        hedy, katherine = SCENE_USERS
+        # Hedy signed up two days ago and never called: NoFirstApiCall.
+        self.demo("POST", "/admin/users", json={**hedy, "signup_at": signed_up}
+                  ).raise_for_status()
+        # Katherine has used 96 % of her quota: QuotaNearlyExhausted.
+        self.demo("POST", "/admin/users", json={**katherine, "quota_used": 960}
+                  ).raise_for_status()
+
+    def deliveries(self) -> list[dict]:
+        """`nudge deliveries --json`: what Nudge did with each email, and why."""
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "--config", str(self.workdir / "nudge.yml"),
+             "deliveries", "--json"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+        return json.loads(result.stdout) if result.returncode == 0 else []
+
+    def play_scenes(self, stopping: threading.Event, say) -> None:
+        """Once Hedy's email is held for quiet hours, she makes her first API call: the
+        alert resolves and Nudge cancels the email. Every hold and cancellation is said."""
+        told: set[tuple[int, str]] = set()
+        called_at = None
+        while not stopping.wait(2):
+            for row in reversed(self.deliveries()):
+                why = row.get("why")
+                if not why or (row["id"], why) in told:
+                    continue
+                told.add((row["id"], why))
+                status = "held" if row["status"] == "queued" else row["status"]
+                say(f"  {status}: {row['rule']} for {row['user_id']}: {why}")
+                if row["user_id"] == "u8" and why.startswith("waiting") and called_at is None:
+                    called_at = time.time() + FIRST_CALL_AFTER
+            if called_at is not None and time.time() >= called_at:
+                called_at = float("inf")
+                say("  u8 (Hedy) makes her first API call: her alert resolves...")
+                self.demo("POST", "/v2/messages", headers={"X-User-Id": "u8"})
 
     def start_nudge(self) -> None:
         self._spawn("nudge", [sys.executable, "-m", "app.cli", "--config",
@@ -269,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
-    loop = Loop(workdir, for_duration=args.for_duration, repeat_interval="1m")
+    loop = Loop(workdir, for_duration=args.for_duration, repeat_interval="1m", scenes=True)
     stopping = []
+    scenes_stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     try:
         loop.start()
@@ -284,8 +353,13 @@ Nudge demo is running (Ctrl-C to stop):
   Nudge's decisions          .venv/bin/nudge --config {workdir / 'nudge.yml'} deliveries
   directory access           OAuth 2.0 client credentials, client {DIRECTORY_CLIENT_ID!r}, secret in
                              {loop.client_secret_file}, tokens live {TOKEN_TTL}s
-Rules fire after their for: ({args.for_duration}) plus a few seconds; each email is listed below.
+Rules fire after their for: ({args.for_duration}) plus a few seconds; each email is listed below,
+and so is every email Nudge holds back or cancels, with the reason. u8 and u9 live in
+{NIGHT_ZONE}, where it is night (quiet hours) for the demo; u8 makes her first API call
+while her "make your first call" email waits, so it is cancelled.
 """, flush=True)
+        threading.Thread(target=loop.play_scenes, args=(scenes_stopping, lambda text: print(
+            text, flush=True)), daemon=True).start()
         seen = 0
         while not stopping:
             messages = loop.mail.snapshot()
@@ -300,6 +374,7 @@ Rules fire after their for: ({args.for_duration}) plus a few seconds; each email
         return 1
     finally:
         print("stopping...", flush=True)
+        scenes_stopping.set()
         loop.stop()
     return 0
 

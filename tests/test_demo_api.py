@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {
     "user_id", "email", "name", "plan", "signup_at", "quota_limit", "quota_used",
     "requests_30d", "errors_24h", "deprecated_calls_7d", "last_call_at", "payment_status",
-    "card_last4",
+    "card_last4", "timezone",
 }
 ALLOWED_LABELS = {"user_id", "endpoint", "code", "plan"}
 SEEDED = {

@@ -41,6 +41,7 @@ def loop(tmp_path_factory):
         group_interval="2s",
         repeat_interval="4s",
         annotations={"PaymentFailed": {"nudge_cooldown": f"{PAYMENT_COOLDOWN}s"}},
+        scenes=True,  # as `make demo`: u8 and u9 at night in Asia/Kolkata, a cap of 2
     )
     try:
         running.start()
@@ -82,6 +83,21 @@ def test_each_user_in_a_situation_gets_exactly_the_right_email(loop):
     (quota,) = emails(loop, to="grace@example.com")
     assert "of the 1,000 requests" in quota.get_body(("plain",)).get_content()
     assert emails(loop, to="ken@example.com") == []  # u7 is healthy
+
+
+def test_the_demo_holds_night_emails_and_cancels_one_whose_alert_resolved(loop):
+    def why(user, rule):
+        rows = [d for d in loop.deliveries() if (d["user_id"], d["rule"]) == (user, rule)]
+        return rows[0]["why"] if rows else None
+
+    wait_for(lambda: why("u8", "NoFirstApiCall") and why("u9", "QuotaNearlyExhausted"), 60,
+             "the night users' emails to be held")
+    assert why("u9", "QuotaNearlyExhausted").startswith("waiting: quiet hours until ")
+    assert why("u9", "QuotaNearlyExhausted").endswith(" Asia/Kolkata")
+    loop.demo("POST", "/v2/messages", headers={"X-User-Id": "u8"}).raise_for_status()
+    wait_for(lambda: why("u8", "NoFirstApiCall") == "cancelled: alert resolved before sending",
+             60, "Hedy's first-call email to be cancelled after her first call")
+    assert emails(loop, "hedy@example.com") == emails(loop, "katherine@example.com") == []
 
 
 def test_new_episode_sends_again_only_when_the_cooldown_allows(loop):

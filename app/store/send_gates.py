@@ -20,6 +20,7 @@ from app.clock import iso
 from app.store.base import CANCELLED, QUEUED, SENDING, Delivery, GateFacts, SendGate, WaitingRow
 
 HELD, RELEASED = "held", "released"
+KEYS_PER_QUERY = 500  # under SQLite's limit on host parameters
 
 
 def gate_facts(conn: Any, mark: str, delivery: Delivery, now: float, period: float) -> GateFacts:
@@ -117,12 +118,14 @@ def cancel_resolved(conn: Any, mark: str, firing_keys: Sequence[str], now: float
     sent right now is marked, and its send step cancels it. Returns key -> (delivery id,
     its status before) for the keys that have a delivery."""
     found: dict[str, tuple[int, str]] = {}
-    for key in dict.fromkeys(firing_keys):
-        row = conn.execute(f"SELECT id, status FROM deliveries WHERE dedup_key = {mark}",
-                           (key,)).fetchone()
-        if row is None:
-            continue
-        delivery_id, status = row
+    keys = list(dict.fromkeys(firing_keys))
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        part = keys[start:start + KEYS_PER_QUERY]
+        for key, delivery_id, status in conn.execute(
+                f"SELECT dedup_key, id, status FROM deliveries WHERE dedup_key IN "
+                f"({', '.join([mark] * len(part))})", part).fetchall():
+            found[key] = (delivery_id, status)
+    for delivery_id, status in found.values():
         if status == QUEUED:
             conn.execute(
                 f"UPDATE deliveries SET status = '{CANCELLED}', resolved_at = {mark}, "
@@ -135,5 +138,4 @@ def cancel_resolved(conn: Any, mark: str, firing_keys: Sequence[str], now: float
         elif status == SENDING:
             conn.execute(f"UPDATE deliveries SET resolved_at = {mark} WHERE id = {mark}",
                          (now, delivery_id))
-        found[key] = (delivery_id, status)
     return found
