@@ -328,8 +328,9 @@ def judge_send(now: float, email: Email, facts: SendFacts, settings: HoldSetting
     if verdict is None:
         verdict = _hold_for_cap(now, email, holds, facts, settings)
     if verdict is None:
-        released = f" after waiting {format_duration(facts.waited)}" if facts.waited >= 1 else ""
-        return HoldVerdict(SEND, facts.previous_hold or ALLOWED, f"sent{released}",
+        detail = (f"released after waiting {format_duration(facts.waited)}"
+                  if facts.waited >= 1 else "allowed")
+        return HoldVerdict(SEND, facts.previous_hold or ALLOWED, detail,
                            counts=settings.per_user > 0)
     # Never hold past max_wait: look again then, and drop it if it still has to wait.
     if facts.waited >= settings.max_wait:

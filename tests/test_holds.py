@@ -205,7 +205,7 @@ def test_an_email_that_waited_past_max_wait_is_dropped_and_never_held_past_it():
 def test_a_released_email_says_how_long_it_waited():
     verdict = judge(1000.0, email(), facts(waited=3 * HOUR, previous=QUIET_HOURS), CAP2)
     assert (verdict.action, verdict.reason, verdict.detail) == (SEND, QUIET_HOURS,
-                                                                "sent after waiting 3h")
+                                                                "released after waiting 3h")
 
 
 # --- quiet hours ------------------------------------------------------------------------------

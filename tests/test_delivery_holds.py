@@ -1,0 +1,126 @@
+"""The hold step inside delivery: a real SQLite file, a static map with the user's time zone
+and a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from app.clock import iso
+from app.delivery import Deliverer
+from app.store import DecisionRecord, NewDelivery, open_store
+from app.transports import transport_factory
+from tests.smtp_servers import RecordingServer, RejectingServer
+from tests.test_delivery import build_config
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+
+
+def window_around_now(zone: ZoneInfo, minutes: int = 60) -> str:
+    local = datetime.now(UTC).astimezone(zone)
+    return (f"{local - timedelta(minutes=minutes):%H:%M}-"
+            f"{local + timedelta(minutes=minutes):%H:%M}")
+
+
+@pytest.fixture
+def users(tmp_path):
+    path = tmp_path / "users.yml"
+    path.write_text("u1: {email: ada@example.com, name: Ada, timezone: Asia/Tokyo}\n")
+    return path
+
+
+def queue_delivery(store, annotations=None) -> int:
+    from app.store import JournalEntry
+
+    (notification_id,) = store.append_notifications([JournalEntry(
+        time.time(), "nudge", "firing", "{}", 1, 0, "{}")])
+    alert = {"labels": {"alertname": "NoFirstApiCall", "user_id": "u1"},
+             "annotations": annotations or {}, "startsAt": "2026-11-22T20:04:34Z"}
+    with store.deciding([notification_id]) as batch:
+        delivery_id = batch.add_delivery(NewDelivery(
+            f"key-{notification_id}", notification_id, "NoFirstApiCall", "u1",
+            "onboarding_first_call", "firing", "2026-11-22T20:04:34Z", json.dumps(alert),
+            "http://alertmanager:9093", None), time.time())
+        batch.add_decisions([DecisionRecord(
+            notification_id, "NoFirstApiCall", "u1", "firing", "2026-11-22T20:04:34Z", "fp",
+            "queued", "new_episode", "", delivery_id)], time.time())
+    return delivery_id
+
+
+def deliver_once(config, store, server, when=None):
+    deliverer = Deliverer(config, store)
+    transport = transport_factory(config.smtp_url, config.outbox_dir)()
+    try:
+        (delivery,) = store.claim_due(when or time.time(), 60.0)
+        return deliverer.deliver(transport, delivery)
+    finally:
+        transport.close()
+        deliverer.close()
+
+
+def the_row(store):
+    (row,) = store.list_deliveries()
+    return row
+
+
+def test_inside_the_users_quiet_hours_the_email_waits_and_is_no_attempt(config_data, users):
+    with RecordingServer() as server:
+        config = build_config(config_data, smtp={"url": server.url},
+                              recipients={"static_map": str(users)},
+                              quiet_hours={"window": window_around_now(TOKYO)})
+        store = open_store(config.database)
+        store.migrate()
+        queue_delivery(store)
+        assert deliver_once(config, store, server) == "queued"
+        assert server.messages == []
+        row = the_row(store)
+        assert row["note"].startswith("waiting: quiet hours until ")
+        assert row["note"].endswith(" Asia/Tokyo")
+        assert (row["status"], row["attempts"]) == ("queued", 0)
+        assert store.claim_due(time.time(), 60.0) == []
+        store.close()
+
+
+def test_an_essential_email_goes_out_inside_quiet_hours(config_data, users):
+    with RecordingServer() as server:
+        config = build_config(config_data, smtp={"url": server.url},
+                              recipients={"static_map": str(users)},
+                              quiet_hours={"window": window_around_now(TOKYO)},
+                              limits={"per_user": 1})
+        store = open_store(config.database)
+        store.migrate()
+        queue_delivery(store, {"nudge_essential": "true"})
+        assert deliver_once(config, store, server) == "sent"
+        assert [m.rcpt_tos for m in server.messages] == [("ada@example.com",)]
+        store.close()
+
+
+def test_time_held_back_does_not_count_against_max_age(config_data, users):
+    """Held for two hours, then the relay answers 421: with delivery.max_age 1h the email is
+    retried, not dead, because its age leaves out the time it waited on purpose."""
+    with RejectingServer(421, "4.3.2 try again later", stage="MAIL") as server:
+        config = build_config(config_data, smtp={"url": server.url},
+                              recipients={"static_map": str(users)},
+                              limits={"per_user": 5}, delivery={"max_age": "1h"})
+        store = open_store(config.database)
+        store.migrate()
+        delivery_id = queue_delivery(store)
+        two_hours_ago = time.time() - 7200
+        db = sqlite3.connect(config.database)
+        with db:  # queued two hours ago, and held back ever since
+            db.execute("UPDATE deliveries SET created_at = ?, held_since = ?, "
+                       "hold_reason = 'quiet_hours' WHERE id = ?",
+                       (iso(two_hours_ago), two_hours_ago, delivery_id))
+        db.close()
+        assert deliver_once(config, store, server) == "queued"
+        row = the_row(store)
+        assert row["last_error"] and "421" in row["last_error"]
+        assert row["note"].startswith("released after waiting 2h")
+        events = store.list_delivery_events(delivery_id)
+        assert [(e["event"], e["reason"]) for e in events] == [("released", "quiet_hours")]
+        store.close()
