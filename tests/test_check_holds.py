@@ -82,3 +82,17 @@ def test_an_alertmanager_config_without_resolved_notifications_is_a_warning(work
     broken.write_text("receivers: [\n")
     result = check_alertmanager(workspace, broken)
     assert result.exit_code == 1 and f"{broken}:" in result.stderr
+
+
+def test_bad_hold_settings_are_config_errors_naming_the_key(workspace):
+    workspace.config.update({
+        "limits": {"per_user": -1, "period": "soon"},
+        "quiet_hours": {"window": "21:00", "default_timezone": "Mars/Olympus"},
+    })
+    result = workspace()
+    assert result.exit_code != 0
+    for expected in ("limits.per_user: expected a positive whole number",
+                     "limits.period: expected a duration",
+                     "quiet_hours.window: expected a window like 21:00-08:00, got '21:00'",
+                     "quiet_hours.default_timezone: unknown time zone 'Mars/Olympus'"):
+        assert expected in result.output, result.output
