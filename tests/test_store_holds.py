@@ -203,6 +203,8 @@ def test_two_senders_of_one_user_take_turns_so_the_cap_holds(opened, store):
     assert inside.wait(10)
     with other_process.send_gate(claimed[second], now, DAY) as gate:
         seen.append(list(gate.facts.recent_sends))
+        # Being sent with its slot taken: counted as a send, not also as waiting ahead.
+        assert gate.facts.waiting == []
         gate.hold(now + DAY, "frequency_cap", "waiting")
     thread.join()
     assert seen == [[now]]

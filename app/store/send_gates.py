@@ -41,8 +41,10 @@ def gate_facts(conn: Any, mark: str, delivery: Delivery, now: float, period: flo
         WaitingRow(id=i, rule=rule, annotations=json.loads(alert).get("annotations") or {},
                    created_at=parse_time(created).timestamp(), due_at=due)
         for i, rule, alert, created, due in conn.execute(
+            # One that took its send slot is counted among the sends already, not here.
             f"SELECT id, rule, alert, created_at, next_attempt_at FROM deliveries "
-            f"WHERE user_id = {mark} AND status IN ('{QUEUED}', '{SENDING}') AND id <> {mark}",
+            f"WHERE user_id = {mark} AND status IN ('{QUEUED}', '{SENDING}') AND id <> {mark} "
+            f"AND NOT EXISTS (SELECT 1 FROM send_slots WHERE delivery_id = deliveries.id)",
             (delivery.user_id, delivery.id))]
     waited = float(held_seconds or 0.0) + (max(0.0, now - held_since) if held_since else 0.0)
     return GateFacts(current=True, recent_sends=recent, waiting=waiting,
