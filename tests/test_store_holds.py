@@ -120,6 +120,18 @@ def test_a_slot_is_given_back_when_the_send_fails(store):
         assert [(w.id, w.annotations) for w in gate.facts.waiting] == [(first, {})]
 
 
+def test_a_slot_is_given_back_when_the_claim_is_released_unsent(store):
+    first, second = queue(store), queue(store, rule="B")
+    now = time.time()
+    delivery = claim(store, first, now)
+    with store.send_gate(delivery, now, DAY) as gate:
+        gate.send(True, "allowed", "sent")
+    store.release(delivery, now)  # e.g. shutting down, or sending paused, before the send
+    nxt = claim(store, second, now + 1)
+    with store.send_gate(nxt, now + 1, DAY) as gate:
+        assert gate.facts.recent_sends == []
+
+
 def test_the_waiting_emails_carry_their_rules_annotations(store):
     top = queue(store, rule="QuotaNearlyExhausted", annotations={"nudge_priority": "10"})
     mine = queue(store, rule="UsageDrop")

@@ -476,6 +476,8 @@ class PostgresStore(Listings, Store):
                 (iso(now), retry_at, delivery.id, delivery.attempt_id)).rowcount
             if released:
                 conn.execute("DELETE FROM attempts WHERE id = %s", (delivery.attempt_id,))
+                # Not sent: a send slot it took (app/holds.py) is given back.
+                conn.execute("DELETE FROM send_slots WHERE delivery_id = %s", (delivery.id,))
                 conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
 
     def renew_leases(self, deliveries: Sequence[Delivery], until: float) -> set[int]:

@@ -644,6 +644,8 @@ class SQLiteStore(Listings, Store):
             ).rowcount
             if released:
                 conn.execute("DELETE FROM attempts WHERE id = ?", (delivery.attempt_id,))
+                # Not sent: a send slot it took (app/holds.py) is given back.
+                conn.execute("DELETE FROM send_slots WHERE delivery_id = ?", (delivery.id,))
 
     def renew_leases(self, deliveries: Sequence[Delivery], until: float) -> set[int]:
         if not deliveries:
