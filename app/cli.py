@@ -363,9 +363,9 @@ def decisions(ctx: Context, user, rule, limit, as_json) -> None:
     newest first; NOW says what became of the email since (held back and why, sent...)."""
     rows = ctx.store().list_decisions(user=user, rule=rule, limit=limit)
     for row in rows:  # the email's story since the decision (held, sent, cancelled...)
-        row["now"] = row["delivery_status"]
-        if row["delivery_note"]:
-            row["now"] += f" ({row['delivery_note']})"
+        status, note = row["delivery_status"], row["delivery_note"]
+        row["now"] = (note if note and note.startswith(status) else
+                      f"{status} ({note})" if note else status)
     _print_rows(
         rows,
         ["id", "created_at", "rule", "user_id", "alert_status", "outcome", "reason",

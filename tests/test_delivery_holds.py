@@ -124,3 +124,24 @@ def test_time_held_back_does_not_count_against_max_age(config_data, users):
         events = store.list_delivery_events(delivery_id)
         assert [(e["event"], e["reason"]) for e in events] == [("released", "quiet_hours")]
         store.close()
+
+
+def test_the_cli_says_why_an_email_waits(config_data, users, runner):
+    """`nudge deliveries` (WHY, and the hold under --attempts) and `nudge decisions` (NOW)."""
+    with RecordingServer() as server:
+        config = build_config(config_data, smtp={"url": server.url},
+                              recipients={"static_map": str(users)},
+                              quiet_hours={"window": window_around_now(TOKYO)})
+        store = open_store(config.database)
+        store.migrate()
+        queue_delivery(store)
+        assert deliver_once(config, store, server) == "queued"
+        store.close()
+    why = the_row(open_store(config.database))["note"]
+    listing = runner("deliveries", "--attempts")
+    assert listing.exit_code == 0, listing.output
+    header, row, hold = listing.output.splitlines()[:3]
+    assert header.split()[-1] == "WHY" and row.endswith(why)
+    assert hold.strip().startswith("held ") and hold.endswith(why)
+    decisions = runner("decisions")
+    assert decisions.output.splitlines()[1].endswith(f"queued ({why})"), decisions.output
