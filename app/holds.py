@@ -207,7 +207,10 @@ def _first_instant_showing(naive: datetime, zone: ZoneInfo, after: float) -> flo
     spring forward over it, the moment of the jump."""
     early = naive.replace(tzinfo=zone, fold=0)
     if early.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == naive:
-        return early.timestamp()
+        if early.timestamp() > after:
+            return early.timestamp()
+        # Clocks set back: `after` is past the first reading of `naive`; take the second.
+        return naive.replace(tzinfo=zone, fold=1).timestamp()
     # In a gap: between the two readings of `naive` the local clock jumps past it.
     low, high = sorted((early.timestamp(), naive.replace(tzinfo=zone, fold=1).timestamp()))
     low = max(low, after)
@@ -236,11 +239,23 @@ def _offset_change(start: float, end: float, zone: ZoneInfo) -> float:
 
 def quiet_hours_end(epoch: float, zone: ZoneInfo, window: QuietWindow) -> float | None:
     """None when `epoch` is outside the window in `zone`; else when the window ends: the
-    first instant after `epoch` at which the local clock reads the window's end."""
+    first instant after `epoch` at which the local clock shows a time outside it."""
+    if not in_quiet_hours(epoch, zone, window):
+        return None
+    moment = epoch
+    for _ in range(3):
+        end = _next_window_end(moment, zone, window)
+        if not in_quiet_hours(end, zone, window):
+            return end
+        # The clocks jumped over the whole time outside the window that day: go on to the
+        # next day's end.
+        moment = end
+    return end
+
+
+def _next_window_end(epoch: float, zone: ZoneInfo, window: QuietWindow) -> float:
     local = _local(epoch, zone)
     minute = _minute_of_day(local)
-    if not window.contains(minute):
-        return None
     day = local.date()
     if window.start > window.end and minute >= window.start:
         day += timedelta(days=1)  # late evening: the window ends tomorrow morning

@@ -240,6 +240,25 @@ def test_quiet_hours_across_the_spring_and_autumn_clock_changes():
     assert end == datetime(2026, 11, 1, 5, 30, tzinfo=UTC).timestamp()
 
 
+def test_a_window_ending_in_the_hour_that_repeats_ends_at_its_second_reading():
+    # Sydney falls back at 03:00 AEDT on 2024-04-07 (to 02:00 AEST). At 02:00 AEST, inside
+    # 00:00-02:01, the end is the 02:01 still to come, not the one an hour ago (found by
+    # hypothesis).
+    sydney = ZoneInfo("Australia/Sydney")
+    now = datetime(2024, 4, 6, 16, 0, tzinfo=UTC).timestamp()
+    end = quiet_hours_end(now, sydney, parse_window("00:00-02:01"))
+    assert end == datetime(2024, 4, 6, 16, 1, tzinfo=UTC).timestamp()
+
+
+def test_when_the_clocks_skip_the_time_outside_the_window_it_lasts_until_the_next_day():
+    # Window 02:01-02:00: only 02:00-02:01 is outside, and Sydney skips 02:00-03:00 on
+    # 2024-10-06 (found by hypothesis).
+    sydney = ZoneInfo("Australia/Sydney")
+    now = datetime(2024, 10, 5, 15, 59, 59, tzinfo=UTC).timestamp()  # 01:59:59 AEST
+    end = quiet_hours_end(now, sydney, parse_window("02:01-02:00"))
+    assert local(end, sydney).strftime("%Y-%m-%d %H:%M") == "2024-10-07 02:00"
+
+
 def test_clocks_set_back_to_before_the_window_leave_it_early():
     # Window 01:30-05:00; at 02:00 EDT the clocks go back to 01:00, outside the window.
     window = parse_window("01:30-05:00")
@@ -303,7 +322,8 @@ def test_quiet_hours_hold_exactly_while_the_local_clock_is_inside_the_window(mom
         assert not in_quiet_hours(now, zone, window)
         return
     assert in_quiet_hours(now, zone, window)
-    assert now < end <= now + DAY + 2 * HOUR
+    # At most a day, or two when the clocks skip the only time outside the window.
+    assert now < end <= now + 2 * DAY + 2 * HOUR
     # Just after the end the local clock is outside the window...
     assert not in_quiet_hours(end + 0.5, zone, window) or not in_quiet_hours(end, zone, window)
     # ...and every moment before it is inside: the email never waits longer than needed.

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from app.store import CANCELLED, DROPPED, QUEUED, SENDING, SENT
+from app.store import CANCELLED, DEAD, DROPPED, QUEUED, SENDING, SENT
 from tests import test_store as contract
 from tests.test_store import entry, new_delivery, record
 
@@ -184,6 +184,23 @@ def test_a_resolved_alert_cancels_a_waiting_email_and_marks_one_being_sent(store
         assert gate.facts.resolved
         gate.finish(CANCELLED, "alert_resolved", "cancelled: alert resolved before sending")
     assert row(store, sending)["status"] == CANCELLED
+
+
+def test_a_requeued_delivery_starts_with_no_time_held(store):
+    """`nudge retry` gives a fresh max_age clock: earlier holds no longer count either."""
+    delivery_id = queue(store)
+    now = time.time()
+    with store.send_gate(claim(store, delivery_id, now), now, DAY) as gate:
+        gate.hold(now + 60, "quiet_hours", "waiting: quiet hours until 08:00 UTC")
+    again = claim(store, delivery_id, now + 61)
+    with store.send_gate(again, now + 61, DAY) as gate:
+        assert gate.facts.waited >= 60
+        gate.send(True, "quiet_hours", "released after waiting 1m")
+    store.settle(again, DEAD, now + 62, error="gave up")
+    assert store.requeue([delivery_id], now + 63, "relay fixed") == [delivery_id]
+    fresh = claim(store, delivery_id, time.time() + 64)
+    with store.send_gate(fresh, time.time(), DAY) as gate:
+        assert gate.facts.waited == 0 and not gate.facts.held
 
 
 def test_a_claim_taken_over_is_not_judged(store):

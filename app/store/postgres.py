@@ -561,7 +561,8 @@ class PostgresStore(Listings, Store):
             conn.execute(
                 "UPDATE deliveries SET status = 'queued', attempts = 0, next_attempt_at = %s, "
                 "lease_until = NULL, claim = NULL, last_error = NULL, updated_at = %s, "
-                "requeued_at = %s WHERE id = ANY(%s)", (now, stamp, stamp, ids))
+                "requeued_at = %s, held_seconds = 0, held_since = NULL WHERE id = ANY(%s)",
+                (now, stamp, stamp, ids))
             with conn.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, "

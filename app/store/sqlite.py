@@ -701,7 +701,8 @@ class SQLiteStore(Listings, Store):
                 conn.execute(
                     "UPDATE deliveries SET status = 'queued', attempts = 0, next_attempt_at = ?, "
                     "lease_until = NULL, claim = NULL, last_error = NULL, updated_at = ?, "
-                    "requeued_at = ? WHERE id = ?", (now, stamp, stamp, delivery_id))
+                    "requeued_at = ?, held_seconds = 0, held_since = NULL WHERE id = ?",
+                    (now, stamp, stamp, delivery_id))
                 conn.execute(
                     "INSERT INTO attempts (delivery_id, attempt, started_at, finished_at, outcome, "
                     "error) VALUES (?, 0, ?, ?, 'requeued', ?)",
