@@ -104,7 +104,7 @@ class HoldsLoop:
             "templates_dir": str(templates),
             "rules_dir": str(rules_dir),
             "public_url": "http://127.0.0.1:1",
-            "secret_key": "holds-secret",
+            "secret_key": "holds-test-secret-key-of-at-least-32-bytes",
             "webhook": {"token": TOKEN},
             "directory": {"url": self.directory.url_template},
             "recipients": {"order": ["directory"]},
