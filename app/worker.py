@@ -140,7 +140,7 @@ class DeliveryWorker:
             while not self.stopping.is_set():
                 if watcher is None:
                     try:
-                        watcher = self.store.watch()
+                        watcher = self.store.watch_queue()
                     except StorageError as exc:
                         log.error("cannot watch the database, retrying: %s", exc)
                         self.stopping.wait(1.0)

@@ -243,6 +243,19 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
         second.close()
 
 
+
+def test_the_dispatchers_watcher_wakes_when_deliveries_are_queued_elsewhere(store, opened):
+    watcher = store.watch_queue()
+    try:
+        other = opened()
+        threading.Timer(0.1, lambda: queue_one(other)).start()
+        started = time.monotonic()
+        assert watcher.wait(10) is True
+        assert time.monotonic() - started < 5
+    finally:
+        watcher.close()
+
+
 # --- delivery queue -----------------------------------------------------------------------------
 
 

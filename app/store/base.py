@@ -313,6 +313,11 @@ class Store(ABC):
         look now and then, and take over when it goes away."""
         return self.watch()
 
+    def watch_queue(self) -> ChangeWatcher:
+        """The dispatcher's watcher: wakes when deliveries are queued, settled or released
+        elsewhere (an engine may leave out journal appends, which only the decider needs)."""
+        return self.watch()
+
     # -- delivery queue --------------------------------------------------------------------
     @abstractmethod
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:

@@ -365,9 +365,12 @@ class PostgresStore(Listings, Store):
     @contextmanager
     def deciding(self, notification_ids: Sequence[int]) -> Iterator[DecisionBatch]:
         with self._transaction("could not record decisions") as conn:
+            # Waits (briefly) instead of skipping: another decider's claim query may hold a
+            # row it looked at and passed over, and a row skipped here would sit out its
+            # claim's lease undecided. Locking in id order keeps two deciders from deadlocking.
             claimed = {row[0] for row in conn.execute(
                 "SELECT id FROM notifications WHERE id = ANY(%s) AND decided_at IS NULL "
-                "FOR UPDATE SKIP LOCKED", (list(notification_ids),))}
+                "ORDER BY id FOR UPDATE", (list(notification_ids),))}
             batch = _PostgresDecisionBatch(conn, claimed)
             yield batch
             batch.flush()
@@ -393,6 +396,9 @@ class PostgresStore(Listings, Store):
 
     def watch_journal(self) -> ChangeWatcher:
         return _LeadingJournalWatcher(self._direct())
+
+    def watch_queue(self) -> ChangeWatcher:
+        return _ListenWatcher(self._direct(), channels=(QUEUE_CHANNEL,))
 
     # -- delivery queue --------------------------------------------------------------------
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
@@ -790,18 +796,19 @@ class _PostgresDecisionBatch(DecisionBatch):
 
 
 class _ListenWatcher(ChangeWatcher):
-    """LISTENs on the journal and queue channels: the server wakes it, nothing polls a table."""
+    """LISTENs on the journal and/or queue channels: the server wakes it, nothing polls a table."""
 
     # How often a waiting thread looks at its in-process interrupt (stop, or work queued by
     # this process, which also arrives as a NOTIFY).
     INTERRUPT_CHECK = 0.05
 
-    def __init__(self, conn: psycopg.Connection):
+    def __init__(self, conn: psycopg.Connection,
+                 channels: Sequence[str] = (JOURNAL_CHANNEL, QUEUE_CHANNEL)):
         self.conn = conn
         try:
             conn.autocommit = True
-            conn.execute(f"LISTEN {JOURNAL_CHANNEL}")
-            conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+            for channel in channels:
+                conn.execute(f"LISTEN {channel}")
         except psycopg.Error as exc:
             conn.close()
             raise StorageUnavailable(f"cannot LISTEN: {exc}") from exc
@@ -842,7 +849,8 @@ class _LeadingJournalWatcher(_ListenWatcher):
     FOLLOW_PERIOD = 0.25
 
     def __init__(self, conn: psycopg.Connection):
-        super().__init__(conn)
+        # Only the leader LISTENs: a NOTIFY costs the server and the client of every listener.
+        super().__init__(conn, channels=())
         self.leading = False
 
     def _try_to_lead(self) -> None:
@@ -850,6 +858,8 @@ class _LeadingJournalWatcher(_ListenWatcher):
             row = self.conn.execute("SELECT pg_try_advisory_lock(%s)",
                                     (DECIDER_LEAD_LOCK,)).fetchone()
             self.leading = bool(row and row[0])
+            if self.leading:
+                self.conn.execute(f"LISTEN {JOURNAL_CHANNEL}")
 
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         try:
@@ -862,13 +872,9 @@ class _LeadingJournalWatcher(_ListenWatcher):
         # has it), so that a backlog is shared without answering every append.
         period = min(timeout, self.FOLLOW_PERIOD)
         if interrupt is not None:
-            interrupt.wait(period)
-        else:
-            time.sleep(period)
-        try:
-            return any([True for _ in self.conn.notifies(timeout=0)])
-        except (psycopg.Error, OSError, ValueError) as exc:
-            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
+            return not interrupt.wait(period)
+        time.sleep(period)
+        return True
 
 
 class _FleetRateLimiter(RateReservation):
