@@ -54,6 +54,7 @@ def describe(counts: PruneCounts) -> list[str]:
         f"raw notification bodies  {counts.raw_bodies}",
         f"decisions                {counts.decisions}",
         f"attempts                 {counts.attempts}",
+        f"hold log entries         {counts.hold_events}",
         f"deliveries reduced to their dedup key  {counts.deliveries}",
         f"journal files            {journal}",
     ]

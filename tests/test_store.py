@@ -701,6 +701,20 @@ def test_prune_deletes_old_history_and_keeps_what_stops_a_resend(store):
     assert [d["delivery_id"] for d in store.list_decisions()] == [first]
 
 
+
+def test_prune_deletes_the_hold_log_older_than_the_cutoff(store):
+    from app.pruning import prune
+
+    _, waiting = decided(store, '{"waiting": true}', "u3", "K3")
+    (claimed,) = store.claim_due(time.time(), 60)
+    with store.send_gate(claimed, time.time(), 86400) as gate:
+        gate.hold(time.time(), "quiet_hours", "waiting: quiet hours until 08:00 UTC")
+    assert [e["reason"] for e in store.list_delivery_events(waiting)] == ["quiet_hours"]
+    assert prune(store, time.time() - 3600, pause=0).hold_events == 0
+    assert store.prunable(time.time() + 1).hold_events == 1
+    assert prune(store, time.time() + 1, pause=0).hold_events == 1
+    assert store.list_delivery_events(waiting) == []
+
 def test_prune_keeps_everything_newer_than_the_cutoff(store):
     from app.pruning import prune
 

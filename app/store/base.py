@@ -237,6 +237,7 @@ class PruneCounts:
     raw_bodies: int = 0  # notifications' bodies as received (the row goes too when nothing needs it)
     decisions: int = 0
     attempts: int = 0
+    hold_events: int = 0  # the hold log: held, released, dropped, cancelled
     deliveries: int = 0  # reduced to what dedup needs (key, rule, user, status, times)
     journal_files: int = 0
     journal_bytes: int = 0
@@ -247,7 +248,8 @@ class PruneCounts:
 
     @property
     def rows(self) -> int:
-        return self.raw_bodies + self.decisions + self.attempts + self.deliveries
+        return (self.raw_bodies + self.decisions + self.attempts + self.hold_events
+                + self.deliveries)
 
 
 class ChangeWatcher(ABC):

@@ -596,6 +596,8 @@ class PostgresStore(Listings, Store):
                                  "WHERE decided_at < %(before)s AND body <> ''"),
                 decisions=count("SELECT COUNT(*) FROM decisions WHERE created_at < %(before)s"),
                 attempts=count("SELECT COUNT(*) FROM attempts WHERE finished_at < %(before)s"),
+                hold_events=count(
+                    "SELECT COUNT(*) FROM delivery_events WHERE created_at < %(before)s"),
                 deliveries=count(f"SELECT COUNT(*) {self._PRUNABLE_DELIVERIES}"),
             )
 
@@ -611,6 +613,11 @@ class PostgresStore(Listings, Store):
             counts.attempts = conn.execute(
                 "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts "
                 "WHERE finished_at < %(before)s ORDER BY finished_at LIMIT %(limit)s "
+                "FOR UPDATE SKIP LOCKED)", params).rowcount
+            # In id order, which is time order: the hold log has no index on its time.
+            counts.hold_events = conn.execute(
+                "DELETE FROM delivery_events WHERE id IN (SELECT id FROM delivery_events "
+                "WHERE created_at < %(before)s ORDER BY id LIMIT %(limit)s "
                 "FOR UPDATE SKIP LOCKED)", params).rowcount
             counts.deliveries = conn.execute(
                 "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "

@@ -729,6 +729,9 @@ class SQLiteStore(Listings, Store):
                                        (stamp,)).fetchone()[0],
                 attempts=conn.execute("SELECT COUNT(*) FROM attempts WHERE finished_at < ?",
                                       (stamp,)).fetchone()[0],
+                hold_events=conn.execute(
+                    "SELECT COUNT(*) FROM delivery_events WHERE created_at < ?",
+                    (stamp,)).fetchone()[0],
                 deliveries=conn.execute(f"SELECT COUNT(*) {self._PRUNABLE_DELIVERIES}",
                                         (stamp,)).fetchone()[0],
             )
@@ -755,6 +758,10 @@ class SQLiteStore(Listings, Store):
             counts.attempts = conn.execute(
                 "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts "
                 "WHERE finished_at < ? ORDER BY finished_at LIMIT ?)", (stamp, limit)).rowcount
+            # In id order, which is time order: the hold log has no index on its time.
+            counts.hold_events = conn.execute(
+                "DELETE FROM delivery_events WHERE id IN (SELECT id FROM delivery_events "
+                "WHERE created_at < ? ORDER BY id LIMIT ?)", (stamp, limit)).rowcount
             if deliveries:
                 counts.deliveries = conn.execute(
                     "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "
