@@ -283,8 +283,8 @@ def retry(ctx: Context, delivery_ids, rule, user, statuses, since, until, everyt
                    + ("" if dry_run else "; follow them with: nudge deliveries --attempts"))
     missing = sorted(set(delivery_ids) - {row["id"] for row in rows})
     if missing:
-        click.echo(f"not requeued (no such delivery, not failed or dead, filtered out, or "
-                   f"pruned): {', '.join(map(str, missing))}", err=True)
+        click.echo(f"not requeued (no such delivery, not failed or dead, its alert resolved "
+                   f"since, filtered out, or pruned): {', '.join(map(str, missing))}", err=True)
         sys.exit(1)
 
 

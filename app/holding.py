@@ -42,7 +42,9 @@ class HoldStep:
     def check(self, delivery: Delivery, user: dict, where: str) -> tuple[str | None, Delivery]:
         """(None, the delivery to send) when it goes out now; else (the status it is left
         in, delivery). StorageError propagates: nothing was sent, the lease brings it back."""
-        if not self.settings.active:
+        # Without a cap or quiet hours only a delivery whose alert resolved while it was
+        # being sent (then failed and came back) needs the check: it is cancelled.
+        if not self.settings.active and not delivery.resolved:
             return None, delivery
         now = time.time()
         zone, zone_name = user_zone(user, self.settings.timezone_field,

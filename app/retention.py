@@ -55,6 +55,7 @@ def describe(counts: PruneCounts) -> list[str]:
         f"decisions                {counts.decisions}",
         f"attempts                 {counts.attempts}",
         f"hold log entries         {counts.hold_events}",
+        f"frequency-cap entries    {counts.cap_entries}",
         f"deliveries reduced to their dedup key  {counts.deliveries}",
         f"journal files            {journal}",
     ]

@@ -145,3 +145,51 @@ def test_the_cli_says_why_an_email_waits(config_data, users, runner):
     assert hold.strip().startswith("held ") and hold.endswith(why)
     decisions = runner("decisions")
     assert decisions.output.splitlines()[1].endswith(f"queued ({why})"), decisions.output
+
+
+def resolve(store, delivery_id):
+    """What the decider does when the delivery's alert resolves (cancel on resolve)."""
+    from app.store import JournalEntry
+
+    (notification_id,) = store.append_notifications([JournalEntry(
+        time.time(), "nudge", "resolved", "{}", 1, 0, "{}")])
+    with store.deciding([notification_id]) as batch:
+        batch.cancel_resolved([f"key-{n}" for n in range(1, notification_id)], time.time())
+        batch.add_decisions([], time.time())
+
+
+def test_an_email_whose_alert_resolved_while_it_was_sent_and_failed_is_not_sent_again(
+        config_data, users):
+    """No cap and no quiet hours: the alert resolves while the email is being sent, the send
+    fails for now; when it comes back it is cancelled, not sent."""
+    with RecordingServer() as server:
+        config = build_config(config_data, smtp={"url": server.url},
+                              recipients={"static_map": str(users)})
+        store = open_store(config.database)
+        store.migrate()
+        delivery_id = queue_delivery(store)
+        (sending,) = store.claim_due(time.time(), 60.0)
+        resolve(store, delivery_id)
+        store.release(sending, time.time())  # as a send that failed for now comes back
+        assert deliver_once(config, store, server) == "cancelled"
+        assert server.messages == []
+        assert the_row(store)["note"] == "cancelled: alert resolved before sending"
+        store.close()
+
+
+def test_nudge_retry_leaves_a_dead_email_whose_alert_resolved_since(config_data, users):
+    from app.store import DEAD, RetrySelection
+
+    with RejectingServer(550, "5.1.1 no such user", stage="RCPT") as server:
+        config = build_config(config_data, smtp={"url": server.url},
+                              recipients={"static_map": str(users)})
+        store = open_store(config.database)
+        store.migrate()
+        delivery_id = queue_delivery(store)
+        assert deliver_once(config, store, server) in ("failed", DEAD)
+        assert [r["id"] for r in store.retryable(RetrySelection(ids=(delivery_id,)))] == [
+            delivery_id]
+        resolve(store, delivery_id)
+        assert store.retryable(RetrySelection(ids=(delivery_id,))) == []
+        assert store.requeue([delivery_id], time.time(), "requeued by nudge retry") == []
+        store.close()

@@ -715,6 +715,38 @@ def test_prune_deletes_the_hold_log_older_than_the_cutoff(store):
     assert prune(store, time.time() + 1, pause=0).hold_events == 1
     assert store.list_delivery_events(waiting) == []
 
+
+def test_prune_reduces_old_cancelled_deliveries_too(store):
+    """A cancelled email's alert (which may hold addresses) goes like a sent one's."""
+    from app.pruning import prune
+
+    _, cancelled = decided(store, '{"old": true}', "u1", "K1")
+    with store.deciding([]) as batch:
+        batch.cancel_resolved(["K1"], time.time())
+    decided(store, '{"newer": true}', "u1", "K2", SENT)
+    assert prune(store, time.time() + 1, pause=0).deliveries == 1
+    rows = {r["id"]: r for r in store.list_deliveries()}
+    assert rows[cancelled]["status"] == "cancelled"
+    exported = {table: (columns, rows) for table, columns, rows in store.export_rows()}
+    columns, deliveries = exported["deliveries"]
+    (reduced,) = [dict(zip(columns, r, strict=True)) for r in deliveries
+                  if r[columns.index("id")] == cancelled]
+    assert reduced["pruned_at"] and json.loads(reduced["alert"]) == {}
+
+
+def test_prune_deletes_what_the_frequency_cap_counted_before_the_cutoff(store):
+    from app.pruning import prune
+
+    decided(store, '{"capped": true}', "u1", "K1")
+    (claimed,) = store.claim_due(time.time(), 60)
+    with store.send_gate(claimed, time.time(), 86400) as gate:
+        gate.send(True, "allowed", "allowed")
+    store.settle(claimed, SENT, time.time(), recipient="u1@example.com")
+    assert prune(store, time.time() - 3600, pause=0).cap_entries == 0
+    assert store.prunable(time.time() + 1).cap_entries == 1
+    assert prune(store, time.time() + 1, pause=0).cap_entries == 1
+    assert store.prunable(time.time() + 1).cap_entries == 0
+
 def test_prune_keeps_everything_newer_than_the_cutoff(store):
     from app.pruning import prune
 

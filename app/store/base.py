@@ -161,6 +161,7 @@ class Delivery:
     attempt_id: int | None = None  # identifies this claim: its row in the attempt log
     lease_until: float | None = None  # when the claim expires unless renewed
     held_seconds: float = 0.0  # held back so far (quiet hours, the cap): not part of its age
+    resolved: bool = False  # its alert resolved while it was being sent or had failed
 
     @property
     def created_epoch(self) -> float:
@@ -238,6 +239,7 @@ class PruneCounts:
     decisions: int = 0
     attempts: int = 0
     hold_events: int = 0  # the hold log: held, released, dropped, cancelled
+    cap_entries: int = 0  # sends the frequency cap counted (send_slots)
     deliveries: int = 0  # reduced to what dedup needs (key, rule, user, status, times)
     journal_files: int = 0
     journal_bytes: int = 0
@@ -249,7 +251,7 @@ class PruneCounts:
     @property
     def rows(self) -> int:
         return (self.raw_bodies + self.decisions + self.attempts + self.hold_events
-                + self.deliveries)
+                + self.cap_entries + self.deliveries)
 
 
 class ChangeWatcher(ABC):

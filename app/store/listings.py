@@ -75,7 +75,9 @@ class Listings:
                   ) -> list[dict[str, Any]]:
         mark = self.PLACEHOLDER
         statuses = [s for s in selection.statuses if s in STATUSES]
-        where = [f"status IN ({', '.join([mark] * len(statuses))})", "pruned_at IS NULL"]
+        # One whose alert resolved since is not wanted any more (cancel on resolve).
+        where = [f"status IN ({', '.join([mark] * len(statuses))})", "pruned_at IS NULL",
+                 "resolved_at IS NULL"]
         params: list[Any] = list(statuses)
         if selection.ids:
             where.append(f"id IN ({', '.join([mark] * len(selection.ids))})")

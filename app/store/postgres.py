@@ -418,7 +418,7 @@ class PostgresStore(Listings, Store):
                 "attempts = d.attempts + 1, updated_at = %(stamp)s FROM chosen "
                 "WHERE d.id = chosen.id RETURNING d.id, d.rule, d.user_id, d.template, d.kind, "
                 "d.status, d.attempts, d.alert, d.external_url, "
-                "COALESCE(d.requeued_at, d.created_at)",
+                "COALESCE(d.requeued_at, d.created_at), d.resolved_at IS NOT NULL",
                 {"now": now, "n": limit, "until": now + lease, "stamp": stamp},
             ).fetchall()
             if not rows:
@@ -439,7 +439,7 @@ class PostgresStore(Listings, Store):
         claimed = [Delivery(
             id=row[0], rule=row[1], user_id=row[2], template=row[3], kind=row[4], status=row[5],
             attempts=row[6], alert=json.loads(row[7]), external_url=row[8], created_at=row[9],
-            attempt_id=attempts[row[0]], lease_until=now + lease,
+            attempt_id=attempts[row[0]], lease_until=now + lease, resolved=row[10],
         ) for row in rows]
         claimed.sort(key=lambda delivery: delivery.id)
         return claimed
@@ -559,7 +559,8 @@ class PostgresStore(Listings, Store):
             # a delivery being sent, or requeued by someone else meanwhile, is left alone.
             rows = conn.execute(
                 "SELECT id, status, attempts, last_error FROM deliveries WHERE id = ANY(%s) "
-                "AND status IN (%s, %s) AND pruned_at IS NULL ORDER BY id FOR UPDATE",
+                "AND status IN (%s, %s) AND pruned_at IS NULL AND resolved_at IS NULL "
+                "ORDER BY id FOR UPDATE",
                 (sorted({int(i) for i in delivery_ids}), FAILED, DEAD)).fetchall()
             if not rows:
                 return []
@@ -580,13 +581,13 @@ class PostgresStore(Listings, Store):
     # -- retention -------------------------------------------------------------------------
     _PRUNABLE_DELIVERIES = (
         "FROM deliveries AS d WHERE d.pruned_at IS NULL AND d.updated_at < %(before)s "
-        "AND d.status IN ('sent', 'failed', 'dead', 'suppressed') "
+        "AND d.status IN ('sent', 'failed', 'dead', 'suppressed', 'cancelled', 'dropped') "
         # each (rule, user)'s latest delivery stays whole
         "AND EXISTS (SELECT 1 FROM deliveries AS later WHERE later.user_id = d.user_id "
         "AND later.rule = d.rule AND later.id > d.id)")
 
     def prunable(self, before: float) -> PruneCounts:
-        params = {"before": iso(before)}
+        params = {"before": iso(before), "epoch": before}
         with self._transaction("cannot read the database") as conn:
             def count(query: str) -> int:
                 return conn.execute(query, params).fetchone()[0]
@@ -598,11 +599,13 @@ class PostgresStore(Listings, Store):
                 attempts=count("SELECT COUNT(*) FROM attempts WHERE finished_at < %(before)s"),
                 hold_events=count(
                     "SELECT COUNT(*) FROM delivery_events WHERE created_at < %(before)s"),
+                cap_entries=count("SELECT COUNT(*) FROM send_slots WHERE sent_at < %(epoch)s"),
                 deliveries=count(f"SELECT COUNT(*) {self._PRUNABLE_DELIVERIES}"),
             )
 
     def prune_batch(self, before: float, limit: int) -> PruneCounts:
-        params = {"before": iso(before), "limit": max(1, int(limit)), "now": iso()}
+        params = {"before": iso(before), "epoch": before, "limit": max(1, int(limit)),
+                  "now": iso()}
         counts = PruneCounts()
         with self._transaction("cannot prune old rows") as conn:
             # SKIP LOCKED: rows a sender, decider or `nudge retry` holds are left for next time.
@@ -619,6 +622,10 @@ class PostgresStore(Listings, Store):
                 "DELETE FROM delivery_events WHERE id IN (SELECT id FROM delivery_events "
                 "WHERE created_at < %(before)s ORDER BY id LIMIT %(limit)s "
                 "FOR UPDATE SKIP LOCKED)", params).rowcount
+            counts.cap_entries = conn.execute(
+                "DELETE FROM send_slots WHERE delivery_id IN (SELECT delivery_id FROM send_slots "
+                "WHERE sent_at < %(epoch)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED)",
+                params).rowcount
             counts.deliveries = conn.execute(
                 "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "
                 "external_url = '', pruned_at = %(now)s WHERE id IN (SELECT d.id "

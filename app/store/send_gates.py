@@ -17,7 +17,17 @@ from typing import Any
 
 from app.alerts import parse_time
 from app.clock import iso
-from app.store.base import CANCELLED, QUEUED, SENDING, Delivery, GateFacts, SendGate, WaitingRow
+from app.store.base import (
+    CANCELLED,
+    DEAD,
+    FAILED,
+    QUEUED,
+    SENDING,
+    Delivery,
+    GateFacts,
+    SendGate,
+    WaitingRow,
+)
 
 HELD, RELEASED = "held", "released"
 KEYS_PER_QUERY = 500  # under SQLite's limit on host parameters
@@ -137,7 +147,8 @@ def cancel_resolved(conn: Any, mark: str, firing_keys: Sequence[str], now: float
                 (now, CANCELLED_DETAIL, iso(now), now, delivery_id))
             add_event(conn, mark, delivery_id, now, CANCELLED, "alert_resolved",
                       CANCELLED_DETAIL)
-        elif status == SENDING:
+        elif status in (SENDING, FAILED, DEAD):
+            # Being sent: its send step cancels it. Failed or dead: `nudge retry` leaves it.
             conn.execute(f"UPDATE deliveries SET resolved_at = {mark} WHERE id = {mark}",
                          (now, delivery_id))
     return found

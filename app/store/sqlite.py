@@ -577,7 +577,7 @@ class SQLiteStore(Listings, Store):
                 "FROM deliveries WHERE status = 'sending' AND lease_until <= ? "
                 "ORDER BY next_attempt_at LIMIT ?)) ORDER BY next_attempt_at LIMIT ?) "
                 "RETURNING id, rule, user_id, template, kind, status, attempts, alert, "
-                "external_url, COALESCE(requeued_at, created_at)",
+                "external_url, COALESCE(requeued_at, created_at), resolved_at IS NOT NULL",
                 (now + lease, iso(now), now, limit, now, limit, limit),
             ).fetchall()
             if not rows:
@@ -602,7 +602,7 @@ class SQLiteStore(Listings, Store):
                     id=row[0], rule=row[1], user_id=row[2], template=row[3], kind=row[4],
                     status=row[5], attempts=row[6], alert=json.loads(row[7]),
                     external_url=row[8], created_at=row[9], attempt_id=attempt_id,
-                    lease_until=now + lease,
+                    lease_until=now + lease, resolved=bool(row[10]),
                 ))
         claimed.sort(key=lambda delivery: delivery.id)
         return claimed
@@ -694,7 +694,8 @@ class SQLiteStore(Listings, Store):
                 # requeued by someone else meanwhile, is left alone.
                 row = conn.execute(
                     "SELECT status, attempts, last_error FROM deliveries WHERE id = ? "
-                    "AND status IN (?, ?) AND pruned_at IS NULL", (delivery_id, FAILED, DEAD),
+                    "AND status IN (?, ?) AND pruned_at IS NULL AND resolved_at IS NULL",
+                    (delivery_id, FAILED, DEAD),
                 ).fetchone()
                 if row is None:
                     continue
@@ -713,7 +714,7 @@ class SQLiteStore(Listings, Store):
     # -- retention -------------------------------------------------------------------------
     _PRUNABLE_DELIVERIES = (
         "FROM deliveries AS d WHERE d.pruned_at IS NULL AND d.updated_at < ? "
-        "AND d.status IN ('sent', 'failed', 'dead', 'suppressed') "
+        "AND d.status IN ('sent', 'failed', 'dead', 'suppressed', 'cancelled', 'dropped') "
         # each (rule, user)'s latest delivery stays whole
         "AND EXISTS (SELECT 1 FROM deliveries AS later WHERE later.user_id = d.user_id "
         "AND later.rule = d.rule AND later.id > d.id)")
@@ -732,6 +733,8 @@ class SQLiteStore(Listings, Store):
                 hold_events=conn.execute(
                     "SELECT COUNT(*) FROM delivery_events WHERE created_at < ?",
                     (stamp,)).fetchone()[0],
+                cap_entries=conn.execute("SELECT COUNT(*) FROM send_slots WHERE sent_at < ?",
+                                         (before,)).fetchone()[0],
                 deliveries=conn.execute(f"SELECT COUNT(*) {self._PRUNABLE_DELIVERIES}",
                                         (stamp,)).fetchone()[0],
             )
@@ -762,6 +765,9 @@ class SQLiteStore(Listings, Store):
             counts.hold_events = conn.execute(
                 "DELETE FROM delivery_events WHERE id IN (SELECT id FROM delivery_events "
                 "WHERE created_at < ? ORDER BY id LIMIT ?)", (stamp, limit)).rowcount
+            counts.cap_entries = conn.execute(
+                "DELETE FROM send_slots WHERE delivery_id IN (SELECT delivery_id FROM send_slots "
+                "WHERE sent_at < ? LIMIT ?)", (before, limit)).rowcount
             if deliveries:
                 counts.deliveries = conn.execute(
                     "UPDATE deliveries SET alert = '{}', recipient = NULL, last_error = NULL, "
