@@ -21,6 +21,7 @@ import yaml
 
 from app.alertmanager_checks import alertmanager_warnings
 from app.config import Config
+from app.config_warnings import config_warnings
 from app.directory import CredentialError, credentials_from_config, read_secret_file
 from app.durations import parse_cooldown
 from app.policy import COOLDOWN_ANNOTATION, SEND_RESOLVED_ANNOTATION
@@ -111,7 +112,7 @@ def directory_checks(config: Config, environ: Mapping[str, str]) -> tuple[list[s
         try:
             read_secret_file(path)
         except ValueError as exc:
-            problems.append(f"{config.source}: {key}: {exc}")
+            problems.append(config.locations.locate(f"{config.source}: {key}: {exc}"))
     if oauth is None or problems:
         return problems, []
     credentials = credentials_from_config(config, environ)
@@ -122,9 +123,10 @@ def directory_checks(config: Config, environ: Mapping[str, str]) -> tuple[list[s
     except CredentialError as exc:
         where = f"{config.source}: directory.oauth.token_url {oauth.token_url}"
         if exc.retryable:
-            return problems, [f"warning: {where}: {exc} (directory lookups wait and retry "
-                              f"until it answers)"]
-        return [*problems, f"{where}: {exc}"], []
+            return problems, [config.locations.locate(
+                f"{where}: {exc} (directory lookups wait and retry until it answers)",
+                warning=True)]
+        return [*problems, config.locations.locate(f"{where}: {exc}")], []
     finally:
         credentials.close()
     return problems, [f"note: the directory token endpoint issued a token to {oauth.client_id!r}"]
@@ -136,7 +138,7 @@ def smtp_check_warnings(config: Config) -> list[str]:
         return []
     from app.transports import parse_smtp_url, smtp_warnings
 
-    return [f"warning: {config.source}: {line}"
+    return [config.locations.locate(f"{config.source}: {line}", warning=True)
             for line in smtp_warnings(parse_smtp_url(config.smtp_url))]
 
 
@@ -151,6 +153,7 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
     problems.extend(directory_problems)
     notes.extend(directory_notes)
     warnings: list[str] = smtp_check_warnings(config)
+    warnings.extend(config_warnings(config))
     # What `nudge serve` would refuse: weak or sample secrets (warnings in development mode).
     from app.secret_checks import secret_problems
 
@@ -184,10 +187,10 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None, *,
         warnings.extend(found_warnings)
     for alertname, override in config.rule_overrides.items():
         if override.template and override.template not in templates:
-            problems.append(
+            problems.append(config.locations.locate(
                 f"{config.source}: alerts.rules.{alertname}.template: "
                 f"email template {override.template!r} not found in {config.templates_dir}/"
-            )
+            ))
 
     if not promtool:
         promtool_note = "promtool skipped (--no-promtool)"

@@ -17,6 +17,7 @@ that is the validation, not the reading, and a library would add a compiled depe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import yaml
 
+from app.config_locations import KeyLocations, data_keys, key_lines
 from app.durations import parse_cooldown, parse_duration
 from app.redact import redact_url
 
@@ -121,6 +123,12 @@ class Config:
     quiet_window: Any = None  # app.holds.QuietWindow | None
     timezone_field: str = "timezone"
     default_timezone: str = "UTC"
+    # Where each key was written, for messages about it (app/config_locations.py).
+    locations: KeyLocations = field(default=None, repr=False, compare=False)  # type: ignore
+
+    def __post_init__(self):
+        if self.locations is None:
+            object.__setattr__(self, "locations", KeyLocations(self.source))
 
     @property
     def uses_postgres(self) -> bool:
@@ -172,9 +180,10 @@ def require_webhook_auth(config: Config) -> None:
     """The receiver refuses to start without credentials unless that is an explicit choice."""
     if not (config.webhook_token or config.webhook_basic_auth or config.allow_unauthenticated):
         raise ConfigError([
-            f"{config.source}: webhook: no credentials configured: set NUDGE_WEBHOOK_TOKEN (or "
-            "webhook.token, or webhook.basic_auth), or set webhook.allow_unauthenticated: true "
-            "to accept alerts from anyone"
+            config.locations.locate(
+                f"{config.source}: webhook: no credentials configured: set NUDGE_WEBHOOK_TOKEN "
+                "(or webhook.token, or webhook.basic_auth), or set "
+                "webhook.allow_unauthenticated: true to accept alerts from anyone")
         ])
 
 
@@ -190,9 +199,11 @@ def load_config(
     source = str(path) if path else "defaults"
     problems: list[str] = []
     raw: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     if path:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text()
+            loaded = yaml.safe_load(text) or {}
         except FileNotFoundError:
             raise ConfigError([f"{path}: file not found"]) from None
         except UnicodeDecodeError:
@@ -207,14 +218,19 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError([f"{path}: expected a mapping of keys at the top level"])
         raw = loaded
+        lines = key_lines(text)
     if data:
         raw = _deep_merge(raw, data)
+        lines = {key: line for key, line in lines.items() if key not in data_keys(data)}
     merged = _deep_merge(copy.deepcopy(DEFAULTS), raw)
     _check_unknown_keys(raw, DEFAULTS, source, problems, prefix="")
+    from_env: dict[str, str] = {}
     for name, key_path in ENV_OVERRIDES.items():
         value = environ.get(name)
         if value:
             _set_path(merged, key_path, value)
+            from_env[".".join(key_path)] = name
+    locations = KeyLocations(source, lines, from_env)
     _read_secret_files(merged, source, problems)
     config = _build(merged, source, problems, environ)
     if config.uses_postgres and not config.secret_key:
@@ -222,8 +238,9 @@ def load_config(
             f"{source}: secret_key: required with a PostgreSQL database, so that every replica "
             f"signs unsubscribe links with the same key (set secret_key or NUDGE_SECRET_KEY)")
     if problems:
-        raise ConfigError(problems)
-    return config
+        # Each problem names its key; the file's line (or the variable) is added here.
+        raise ConfigError([locations.locate(problem) for problem in problems])
+    return dataclasses.replace(config, locations=locations)
 
 
 def _deep_merge(base: dict, extra: Mapping) -> dict:

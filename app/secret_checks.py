@@ -60,7 +60,7 @@ def secret_problems(config: Config, environ: Mapping[str, str]) -> list[str]:
         if value in SAMPLE_SECRETS:
             problems.append(f"{where}: {setting}: is a sample value published with Nudge; "
                             f"replace it with a long random one (openssl rand -hex 32)")
-    return problems
+    return [config.locations.locate(problem) for problem in problems]
 
 
 def _other_secrets(config: Config, environ: Mapping[str, str]):

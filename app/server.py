@@ -180,6 +180,10 @@ def shutdown_seconds(config: Config) -> float:
 
 def serve(config: Config, config_path: str | None, bind: str, workers: int) -> int:
     configure_logging()
+    from app.config_warnings import config_warnings
+
+    for warning in config_warnings(config):  # once, here: not again in each child process
+        log.warning("%s", warning)
     store = store_for(config)
     store.migrate()
     config.resolved_secret_key()

@@ -140,7 +140,7 @@ def test_a_section_with_every_key_commented_out_means_defaults(tmp_path, section
 def test_a_section_that_is_not_a_mapping_is_a_config_error(tmp_path):
     path = write(tmp_path / "nudge.yml", "alerts: 5\n")
     problems = problems_of(path)
-    assert any(p.startswith(f"{path}: alerts: ") for p in problems), problems
+    assert any(p.startswith(f"{path}:1: alerts: ") for p in problems), problems
 
 
 # --- environment variables --------------------------------------------------------------------
@@ -232,14 +232,15 @@ def test_environment_values_are_validated_too(tmp_path, name, value, key):
     path = write(tmp_path / "nudge.yml", "server:\n  workers: 2\n")
     problems = problems_of(path, environ={**TOKEN_ENV, name: value})
     assert len(problems) == 1
-    assert problems[0].startswith(f"{path}: {key}: ")
+    # The value came from the variable, not from a line of the file.
+    assert problems[0].startswith(f"environment {name}: {key}: ")
 
 
 # --- errors -----------------------------------------------------------------------------------
 
 
-def broken_yaml(tmp_path) -> tuple[str, list[str]]:
-    """A nudge.yml with one mistake per listed dotted key."""
+def broken_yaml(tmp_path) -> tuple[str, dict[str, int]]:
+    """A nudge.yml with one mistake per listed dotted key, and the line of that key."""
     text = f"""
 database: {tmp_path / "nudge.db"}
 colour: blue
@@ -260,20 +261,20 @@ alerts:
       cooldown: whenever
       tempalte: welcome
 """
-    keys = [
-        "colour",
-        "public_url",
-        "server.workers",
-        "server.colour",
-        "webhook.basic_auth",
-        "directory.url",
-        "directory.timeout",
-        "alerts.rules.NoFirstApiCall.cooldown",
-        "alerts.rules.NoFirstApiCall.tempalte",
-    ]
+    keys = {
+        "colour": 3,
+        "public_url": 4,
+        "server.workers": 6,
+        "server.colour": 7,
+        "webhook.basic_auth": 10,
+        "directory.url": 13,
+        "directory.timeout": 14,
+        "alerts.rules.NoFirstApiCall.cooldown": 18,
+        "alerts.rules.NoFirstApiCall.tempalte": 19,
+    }
     if HAS_TRANSPORTS:
         text += "smtp:\n  url: mail.example.com:25\n"
-        keys.append("smtp.url")
+        keys["smtp.url"] = 21
     return text, keys
 
 
@@ -281,8 +282,8 @@ def test_every_mistake_is_reported_at_once(tmp_path):
     text, keys = broken_yaml(tmp_path)
     path = write(tmp_path / "nudge.yml", text)
     problems = problems_of(path)
-    for key in keys:
-        matching = [p for p in problems if p.startswith(f"{path}: {key}: ")]
+    for key, line in keys.items():
+        matching = [p for p in problems if p.startswith(f"{path}:{line}: {key}: ")]
         assert len(matching) == 1, (key, problems)
     assert len(problems) == len(keys), problems
 
@@ -370,8 +371,9 @@ def test_cli_lists_every_problem_on_its_own_line(tmp_path, config_file, runner):
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
     assert len(lines) == len(keys)
-    for key in keys:
-        assert any(line.startswith(f"nudge: config: {config_file}: {key}: ") for line in lines)
+    for key, number in keys.items():
+        assert any(line.startswith(f"nudge: config: {config_file}:{number}: {key}: ")
+                   for line in lines), (key, lines)
 
 
 def test_cli_missing_config_file(tmp_path, monkeypatch):
@@ -391,7 +393,7 @@ def test_cli_config_from_nudge_config_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("NUDGE_CONFIG", str(path))
     result = CliRunner().invoke(main, ["deliveries"])
     assert result.exit_code == 2
-    assert any(line.startswith(f"nudge: config: {path}: server.workers: ")
+    assert any(line.startswith(f"nudge: config: {path}:2: server.workers: ")
                for line in result.stderr.splitlines()), result.stderr
 
 
@@ -542,7 +544,7 @@ def test_every_default_comes_from_the_declaration():
     config = load_config(environ={})
     declared = {s.attr for s in SETTINGS if s.attr}
     combined = {"webhook_basic_auth", "rule_overrides", "directory_token_file",
-                "directory_api_key_file", "directory_oauth", "source", "raw"}
+                "directory_api_key_file", "directory_oauth", "source", "raw", "locations"}
     assert {f.name for f in fields(Config)} == declared | combined
     for setting in SETTINGS:
         if setting.attr:

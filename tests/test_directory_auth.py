@@ -520,6 +520,8 @@ def test_nudge_check_warns_about_an_unreachable_token_url_but_passes(
     result = CliRunner().invoke(main, ["--config", str(path), "check"])
 
     assert result.exit_code == 0, result.output
-    assert (f"warning: {path}: directory.oauth.token_url {token_url}: token endpoint "
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1)
+                if "token_url:" in text)
+    assert (f"{path}:{line}: warning: directory.oauth.token_url {token_url}: token endpoint "
             f"unreachable") in result.output
     assert "OK:" in result.output
