@@ -13,6 +13,12 @@ known (since start-up, or after another user's 404) the 404 is "unsure": the del
 uncounted, for the next answer to tell. `not_found_threshold` different users in a row
 answered 404 means the directory is what is wrong.
 
+A record without an address is judged the same way, per source of records (the directory, the
+static map): it is that user's fault only once the source has shown its records hold the
+address (the last record it gave before this streak had one); `not_found_threshold` different
+users in a row with a record but no address mean the field is wrong (`directory.email_field`
+names a field the records do not have), not every one of those users.
+
 `Breaker` is the state machine, over plain data and an explicit clock: no locks, no I/O.
 `SendingGate` (below) shares one among the sender threads and reports it as a metric.
 """
@@ -28,6 +34,9 @@ log = logging.getLogger("nudge.circuit")
 
 SMTP = "smtp"
 DIRECTORY = "directory"
+# Whether the records of a source hold the address, apart from whether the source answers.
+DIRECTORY_ADDRESS = "directory_address"
+STATIC_MAP_ADDRESS = "static_map_address"
 # The `reason` label of nudge_sending_paused, and which part of the setup each is about.
 REASONS = {
     "smtp_sender": SMTP,  # 5xx at MAIL FROM: the relay refuses our envelope sender
@@ -35,14 +44,19 @@ REASONS = {
     "smtp_tls": SMTP,  # no STARTTLS offered though a login needs it, untrusted certificate
     "directory_auth": DIRECTORY,  # 401/403 from the directory
     "directory_not_found": DIRECTORY,  # 404 for every user asked
+    "directory_no_address": DIRECTORY_ADDRESS,  # records, but none with the address field
+    "static_map_no_address": STATIC_MAP_ADDRESS,  # the static map's entries, likewise
 }
+# The pause reason when a source's records keep coming without the address.
+NO_ADDRESS_REASONS = {DIRECTORY_ADDRESS: "directory_no_address",
+                      STATIC_MAP_ADDRESS: "static_map_no_address"}
 
 # What to do with a claimed delivery.
 SEND = "send"  # not paused
 PROBE = "probe"  # paused: this one tests whether the setup works again
 HOLD = "hold"  # paused: give it back to the queue untouched
 
-# Whose fault a directory 404 is.
+# Whose fault a directory 404 (or a record without an address) is.
 RECIPIENT = "recipient"
 UNSURE = "unsure"
 SETUP = "setup"
@@ -57,6 +71,10 @@ class Breaker:
     next_probe_at: float = 0.0
     directory_proven: bool = False  # its last answer before the current 404s was a record
     not_found_users: set[str] = field(default_factory=set)  # 404s since its last record
+    # Per *_ADDRESS part: its last record before the current streak had the address, and the
+    # users whose records had none since then.
+    address_proven: set[str] = field(default_factory=set)
+    no_address_users: dict[str, set[str]] = field(default_factory=dict)
 
     def claimable(self, now: float) -> int | None:
         """How many deliveries may be claimed now: None for no limit (not paused), else 0,
@@ -90,6 +108,9 @@ class Breaker:
         if part == DIRECTORY:
             self.directory_proven = True
             self.not_found_users.clear()
+        if part in NO_ADDRESS_REASONS:
+            self.address_proven.add(part)
+            self.no_address_users.pop(part, None)
         resumed = sorted(reason for reason in self.paused if REASONS[reason] == part)
         for reason in resumed:
             del self.paused[reason]
@@ -108,6 +129,30 @@ class Breaker:
         if self.directory_proven and self.not_found_users == {user_id}:
             return RECIPIENT
         return UNSURE
+
+    def record_without_address(self, part: str, user_id: str) -> str:
+        """The source (DIRECTORY_ADDRESS or STATIC_MAP_ADDRESS) has a record for this user
+        without an address: RECIPIENT (fail the delivery), UNSURE (keep it waiting) or SETUP
+        (pause: the records have no such field for anyone)."""
+        if NO_ADDRESS_REASONS[part] in self.paused:
+            return SETUP
+        users = self.no_address_users.setdefault(part, set())
+        users.add(user_id)
+        if len(users) >= self.not_found_threshold:
+            return SETUP
+        if part in self.address_proven and users == {user_id}:
+            return RECIPIENT
+        return UNSURE
+
+    def settled(self, part: str) -> bool:
+        """Whether `worked(part)` would change nothing (the common case, checked cheaply)."""
+        if any(REASONS[reason] == part for reason in self.paused):
+            return False
+        if part == DIRECTORY:
+            return self.directory_proven and not self.not_found_users
+        if part in NO_ADDRESS_REASONS:
+            return part in self.address_proven and not self.no_address_users.get(part)
+        return True
 
     def finished(self, delivery_id: int, now: float) -> None:
         """A delivery admitted by `admit` is done, whatever its outcome."""
@@ -133,6 +178,10 @@ class SendingGate:
     @property
     def probe_interval(self) -> float:
         return self._breaker.probe_interval
+
+    @property
+    def not_found_threshold(self) -> int:
+        return self._breaker.not_found_threshold
 
     def paused_reasons(self) -> dict[str, str]:
         with self._lock:
@@ -164,8 +213,7 @@ class SendingGate:
 
     def worked(self, part: str) -> None:
         with self._lock:
-            if part == DIRECTORY and self._breaker.directory_proven and \
-                    not self._breaker.not_found_users and not self._breaker.paused:
+            if part != SMTP and self._breaker.settled(part):
                 return  # the common case: nothing changes
             resumed = self._breaker.worked(part, time.time())
         for reason in resumed:
@@ -175,3 +223,7 @@ class SendingGate:
     def directory_not_found(self, user_id: str) -> str:
         with self._lock:
             return self._breaker.directory_not_found(user_id)
+
+    def record_without_address(self, part: str, user_id: str) -> str:
+        with self._lock:
+            return self._breaker.record_without_address(part, user_id)

@@ -20,13 +20,22 @@ from urllib.parse import urlsplit
 
 from app import metrics
 from app.categories import category_of, email_list_id
-from app.circuit import DIRECTORY, RECIPIENT, SETUP, SMTP, SendingGate
+from app.circuit import (
+    DIRECTORY,
+    DIRECTORY_ADDRESS,
+    NO_ADDRESS_REASONS,
+    RECIPIENT,
+    SETUP,
+    SMTP,
+    STATIC_MAP_ADDRESS,
+    SendingGate,
+)
 from app.compose import alert_context, compose
 from app.config import Config
 from app.directory import StaticDirectory, directory_from_config
 from app.holding import HoldStep
 from app.messages import message_id_for
-from app.recipients import choose_recipient
+from app.recipients import choose_recipient, record_sources_by_address
 from app.rendering import TemplateError
 from app.store import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, StorageError, Store
 from app.suppressions import preferences_url, suppressed_by
@@ -34,6 +43,9 @@ from app.template_set import TemplateSet
 from app.transports import RateLimiter, Transport, TransportError
 
 log = logging.getLogger("nudge.delivery")
+
+# The part of the setup (app/circuit.py) that a source's records without an address are about.
+ADDRESS_PARTS = {"directory": DIRECTORY_ADDRESS, "static_map": STATIC_MAP_ADDRESS}
 
 
 @dataclass(frozen=True)
@@ -131,8 +143,15 @@ class Deliverer:
         )
         if directory is not None and directory.source == "fresh":
             self.gate.worked(DIRECTORY)
+        with_address, without_address = record_sources_by_address(
+            self.config.recipient_order, static, directory)
+        for source in with_address:
+            self.gate.worked(ADDRESS_PARTS[source])
         if choice.address is None:
             setup_outcome = self._directory_setup_check(delivery, directory, where)
+            if setup_outcome is None and without_address and not choice.retry_later:
+                setup_outcome = self._no_address_check(delivery, without_address, choice.reason,
+                                                       where)
             if setup_outcome is not None:
                 return setup_outcome
             if choice.retry_later:
@@ -236,6 +255,40 @@ class Deliverer:
                  "yet; asking again in %gs", where, self.gate.probe_interval)
         self.store.release(delivery, time.time(), retry_at=time.time() + self.gate.probe_interval)
         return QUEUED
+
+    def _no_address_check(self, delivery: Delivery, sources: list[str], reason: str,
+                          where: str) -> str | None:
+        """`sources` gave this user a record without an address: pause if their records keep
+        coming without it (a wrong field name), keep the delivery waiting while it cannot be
+        told yet. None: the missing address is this recipient's (fail it as usual)."""
+        verdicts = {source: self.gate.record_without_address(ADDRESS_PARTS[source],
+                                                             delivery.user_id)
+                    for source in sources}
+        if all(verdict == RECIPIENT for verdict in verdicts.values()):
+            return None
+        if "directory" in sources and self.directory is not None:
+            # Ask again next time rather than trust the cached record.
+            self.directory.invalidate(delivery.user_id)
+        for source, verdict in verdicts.items():
+            if verdict == SETUP:
+                return self._pause(delivery, NO_ADDRESS_REASONS[ADDRESS_PARTS[source]],
+                                   self._no_address_message(source), where)
+        if time.time() - delivery.created_epoch > self.retry_policy.max_age:
+            return self._fail(delivery, "no_recipient", f"{reason}, and no other user's record "
+                              f"showed the address field is right before max_age", where)
+        log.info("%s: the user's record has no address, but no record has shown the field is "
+                 "right yet; asking again in %gs", where, self.gate.probe_interval)
+        self.store.release(delivery, time.time(), retry_at=time.time() + self.gate.probe_interval)
+        return QUEUED
+
+    def _no_address_message(self, source: str) -> str:
+        users = self.gate.not_found_threshold
+        if source == "directory":
+            return (f"the directory's records have no {self.config.directory_email_field!r} "
+                    f"field for {users} users in a row: is directory.email_field right?")
+        field = self.static.email_field if self.static else "email"
+        return (f"the static map's entries have no {field!r} field for {users} users in a row: "
+                f"is recipients.static_map ({self.config.static_map}) right?")
 
     def _pause(self, delivery: Delivery, reason: str, error: str, where: str) -> str:
         """The setup is broken: pause sending; this delivery goes back to the queue, its

@@ -160,7 +160,8 @@ TEMPLATES_RELOAD_OK = Gauge(
 SENDING_PAUSED = Gauge(
     "nudge_sending_paused",
     "1 while sending is paused because the setup is broken, by reason (smtp_sender, smtp_auth, "
-    "smtp_tls, directory_auth, directory_not_found); deliveries wait in the queue meanwhile",
+    "smtp_tls, directory_auth, directory_not_found, directory_no_address, "
+    "static_map_no_address); deliveries wait in the queue meanwhile",
     ["reason"],
     multiprocess_mode="livemax",
 )

@@ -53,7 +53,8 @@ def choose_recipient(
     if "label" in order:
         tried.append("no address label")
     if "static_map" in order and static is not None:
-        tried.append("not in the static map")
+        tried.append("static map entry has no address" if static.record is not None
+                     else "not in the static map")
     if "directory" in order and directory is not None:
         if directory_down:
             tried.append(f"directory unreachable ({directory.error or directory.source})")
@@ -64,3 +65,24 @@ def choose_recipient(
     if "directory" in order and directory is None:
         tried.append("no directory configured")
     return RecipientChoice(None, None, user, directory_down, "no address: " + "; ".join(tried))
+
+
+# Where a lookup gave a record (as opposed to not found, or no answer).
+RECORD_SOURCES = ("fresh", "cache", "stale")
+
+
+def record_sources_by_address(
+    order: tuple[str, ...],
+    static: DirectoryLookup | None,
+    directory: DirectoryLookup | None,
+) -> tuple[list[str], list[str]]:
+    """The address sources in `order` that gave a record for the user: (those whose record
+    holds an address, those whose record has none). A source whose records never hold one is
+    a mistake in the setup (a wrong field name), not every user's (app/circuit.py)."""
+    with_address: list[str] = []
+    without_address: list[str] = []
+    for source, lookup in (("static_map", static), ("directory", directory)):
+        if source in order and lookup is not None and lookup.source in RECORD_SOURCES \
+                and lookup.record is not None:
+            (with_address if lookup.email else without_address).append(source)
+    return with_address, without_address

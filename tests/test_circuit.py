@@ -4,12 +4,14 @@ import pytest
 
 from app.circuit import (
     DIRECTORY,
+    DIRECTORY_ADDRESS,
     HOLD,
     PROBE,
     RECIPIENT,
     SEND,
     SETUP,
     SMTP,
+    STATIC_MAP_ADDRESS,
     UNSURE,
     Breaker,
 )
@@ -96,3 +98,54 @@ def test_a_record_in_between_resets_the_streak():
     for user in ("a", "b", "c", "d"):
         assert breaker.directory_not_found(user) == RECIPIENT
         breaker.worked(DIRECTORY, now=1)
+
+
+# -- whose fault a record without an address is -----------------------------------------------
+
+
+def test_a_record_without_an_address_is_the_users_only_after_records_have_shown_the_field():
+    breaker = Breaker(not_found_threshold=3)
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "nomail") == UNSURE
+    breaker.worked(DIRECTORY, now=0)  # a record, but that says nothing about its fields
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "nomail") == UNSURE
+    breaker.worked(DIRECTORY_ADDRESS, now=0)  # a record with the address
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "nomail") == RECIPIENT
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "nomail") == RECIPIENT
+
+
+def test_records_without_an_address_for_different_users_in_a_row_pause_until_one_has_it():
+    breaker = Breaker(probe_interval=30, not_found_threshold=3)
+    breaker.worked(DIRECTORY_ADDRESS, now=0)
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "a") == RECIPIENT
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "b") == UNSURE
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "c") == SETUP
+    breaker.setup_failed("directory_no_address", "no 'mail' field", now=1)
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "a") == SETUP
+
+    # The directory answering records proves the URL, not the field: still paused.
+    assert breaker.worked(DIRECTORY, now=40) == []
+    assert breaker.paused == {"directory_no_address": "no 'mail' field"}
+    assert breaker.worked(DIRECTORY_ADDRESS, now=41) == ["directory_no_address"]
+    assert breaker.claimable(41) is None
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "b") == RECIPIENT
+
+
+def test_a_record_with_an_address_in_between_resets_the_no_address_streak():
+    breaker = Breaker(not_found_threshold=2)
+    breaker.worked(DIRECTORY_ADDRESS, now=0)
+    for user in ("a", "b", "c", "d"):
+        assert breaker.record_without_address(DIRECTORY_ADDRESS, user) == RECIPIENT
+        breaker.worked(DIRECTORY_ADDRESS, now=1)
+
+
+def test_each_source_of_records_has_its_own_no_address_streak():
+    breaker = Breaker(not_found_threshold=2)
+    breaker.worked(STATIC_MAP_ADDRESS, now=0)
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "a") == UNSURE
+    assert breaker.record_without_address(STATIC_MAP_ADDRESS, "a") == RECIPIENT
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "b") == SETUP
+    breaker.setup_failed("directory_no_address", "no 'mail' field", now=1)
+    # The static map's addresses say nothing about the directory's field.
+    assert breaker.worked(STATIC_MAP_ADDRESS, now=2) == []
+    assert breaker.record_without_address(DIRECTORY_ADDRESS, "c") == SETUP
+    assert breaker.record_without_address(STATIC_MAP_ADDRESS, "c") == RECIPIENT

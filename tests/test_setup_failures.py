@@ -47,7 +47,9 @@ def queue_for(config, *, with_address: bool = True) -> None:
 
 def assert_waiting_uncounted(config) -> None:
     """Every delivery is back in the queue, none failed and no attempt counted."""
-    rows = deliveries(config)
+    # Looked at between two probes: a probe (or a claim released untouched) is `sending`.
+    rows = wait_until(lambda: (r := deliveries(config)) and all(
+        row["status"] != "sending" for row in r) and r, timeout=10, message="between probes")
     assert [row["status"] for row in rows] == ["queued"] * len(USERS), rows
     assert [row["attempts"] for row in rows] == [0] * len(USERS), rows
 
@@ -154,6 +156,73 @@ def test_an_unknown_user_is_still_failed_once_the_directory_has_shown_it_works(c
     assert ghost["attempts"] == 1 and "directory: user not found" in ghost["last_error"]
     assert outcomes(config, ghost["id"]) == ["failed"]
     assert paused_gauge("directory_not_found") == 0
+
+
+def test_directory_records_without_the_configured_field_pause_sending_until_they_have_it(
+    config_data, caplog
+):
+    # directory.email_field says `mail`, the records hold `email`: no user's fault.
+    records = {user: {**ADA, "user_id": user, "email": f"{user}@example.com"} for user in USERS}
+    with RecordingServer() as relay, DirectoryServer(records) as directory:
+        config = build_config(config_data, smtp={"url": relay.url}, delivery=FAST,
+                              directory={"url": directory.url_template, "email_field": "mail"})
+        queue_for(config, with_address=False)
+        with RunningWorker(config):
+            wait_until(lambda: paused_gauge("directory_no_address") == 1, timeout=20,
+                       message="paused")
+            requests_when_paused = len(directory.requests)
+            wait_until(lambda: len(directory.requests) >= requests_when_paused + 2, timeout=20,
+                       message="probes asking the directory again, not its cache")
+            assert_waiting_uncounted(config)
+            assert relay.messages == []
+
+            for user, record in directory.records.items():  # the directory now has the field
+                record["mail"] = f"{user}@example.com"
+            assert_all_sent_once(config, relay)
+            assert paused_gauge("directory_no_address") == 0
+
+    paused = [r.getMessage() for r in caplog.records if "sending paused" in r.getMessage()]
+    assert len(paused) == 1, paused
+    assert "the directory's records have no 'mail' field for 3 users in a row: is " \
+        "directory.email_field right?" in paused[0]
+
+
+def test_one_user_without_an_address_while_others_have_one_fails_only_that_delivery(config_data):
+    records = {user: {**ADA, "user_id": user, "mail": f"{user}@example.com"} for user in USERS}
+    del records["u2"]["mail"]
+    with RecordingServer() as relay, DirectoryServer(records) as directory:
+        config = build_config(config_data, smtp={"url": relay.url}, delivery=FAST,
+                              directory={"url": directory.url_template, "email_field": "mail"})
+        queue_for(config, with_address=False)
+        with RunningWorker(config):
+            rows = wait_for_statuses(config, {1: "sent", 2: "failed", 3: "sent"})
+
+    nomail = rows[1]
+    assert nomail["user_id"] == "u2" and nomail["attempts"] == 1
+    assert "directory record has no address" in nomail["last_error"]
+    assert outcomes(config, nomail["id"]) == ["failed"]
+    assert sorted(m.rcpt_tos[0] for m in relay.messages) == ["u1@example.com", "u3@example.com"]
+    assert paused_gauge("directory_no_address") == 0
+
+
+def test_static_map_entries_without_the_address_pause_sending_instead_of_failing(
+    config_data, tmp_path
+):
+    # `mail:` where the static map's entries hold `email:`; fixing the file needs a restart.
+    static_map = tmp_path / "users.yml"
+    static_map.write_text(yaml.safe_dump({u: {"mail": f"{u}@example.com"} for u in USERS}))
+    with RecordingServer() as relay:
+        config = build_config(config_data, smtp={"url": relay.url}, delivery=FAST,
+                              recipients={"static_map": str(static_map)})
+        queue_for(config, with_address=False)
+        with RunningWorker(config):
+            wait_until(lambda: paused_gauge("static_map_no_address") == 1, timeout=20,
+                       message="paused")
+            assert_waiting_uncounted(config)
+
+        static_map.write_text(yaml.safe_dump({u: {"email": f"{u}@example.com"} for u in USERS}))
+        with RunningWorker(config):
+            assert_all_sent_once(config, relay)
 
 
 def test_a_recipient_refused_at_rcpt_fails_only_that_delivery_and_never_pauses(config_data):
