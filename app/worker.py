@@ -167,6 +167,10 @@ class DeliveryWorker:
                 for _ in range(free - len(claimed)):
                     self.slots.release()
                 for delivery in claimed:
+                    if allowed is not None:
+                        # Paused: this claim is the probe. Taken now, not when a sender gets
+                        # to it, so the next turn of this loop claims nothing meanwhile.
+                        self.deliverer.gate.admit(delivery.id)
                     self.leases.hold(delivery)
                     self.work.put(delivery)
                 if claimed:
