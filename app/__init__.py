@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, jsonify
+from flask.sessions import SessionInterface
 
 from app.config import Config, load_config, require_webhook_auth
 from app.journal import Journal
@@ -20,6 +21,17 @@ log = logging.getLogger("nudge")
 # Request threads per receiver process (gunicorn's gthread `threads`); each may hold a
 # database connection.
 RECEIVER_THREADS = 4
+
+
+class NoSessions(SessionInterface):
+    """Nudge keeps no cookie sessions (links carry their own signed tokens): without this,
+    Flask builds a signing serializer for every request because a secret key is set."""
+
+    def open_session(self, app, request):
+        return None  # Flask then uses its null session
+
+    def save_session(self, app, session, response) -> None:
+        pass
 
 
 def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_database: bool = True,
@@ -39,6 +51,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
         store.migrate()
 
     app = Flask(__name__)
+    app.session_interface = NoSessions()
     app.config["NUDGE"] = config
     app.config["MAX_CONTENT_LENGTH"] = PUBLIC_MAX_BODY_BYTES if public else config.max_body_bytes
     app.config["SECRET_KEY"] = config.resolved_secret_key()

@@ -82,7 +82,11 @@ def receive() -> tuple[Response, int]:
             notification.group_key,
             notification.receiver,
         )
-    return _answer(200, None, notification_id=notification_id)
+    metrics.WEBHOOK_REQUESTS.labels("200").inc()
+    # The answer to every accepted POST, written directly: jsonify's generic encoder was a
+    # measurable share of a one-alert POST's CPU.
+    return Response(f'{{"status":"accepted","notification_id":{int(notification_id)}}}\n',
+                    mimetype="application/json"), 200
 
 
 class BodyTooLarge(Exception):
