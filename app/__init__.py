@@ -67,6 +67,7 @@ def create_app(config: Config | Mapping[str, Any] | None = None, *, prepare_data
         register_recipient_pages(app)
     else:
         app.register_blueprint(webhook.blueprint)
+        app.wsgi_app = webhook.FastWebhook(app, app.wsgi_app)
         app.register_blueprint(observability.blueprint)
         app.register_blueprint(unsubscribe.blueprint)
 
