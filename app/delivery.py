@@ -248,13 +248,10 @@ class Deliverer:
                 delivery, "directory_not_found",
                 f"the directory answers 404 for every user asked (is directory.url "
                 f"{self.config.directory_url} right?)", where)
-        if time.time() - delivery.created_epoch > self.retry_policy.max_age:
-            return self._fail(delivery, "no_recipient", f"{lookup.error}, and no other user's "
-                              f"answer showed the directory works before max_age", where)
-        log.info("%s: the directory has no such user, but has not shown it works for others "
-                 "yet; asking again in %gs", where, self.gate.probe_interval)
-        self.store.release(delivery, time.time(), retry_at=time.time() + self.gate.probe_interval)
-        return QUEUED
+        return self._unsure(
+            delivery, f"{lookup.error}, and no other user's answer showed the directory works "
+            f"before max_age", "the directory has no such user, but has not shown it works for "
+            "others yet", where)
 
     def _no_address_check(self, delivery: Delivery, sources: list[str], reason: str,
                           where: str) -> str | None:
@@ -273,11 +270,17 @@ class Deliverer:
             if verdict == SETUP:
                 return self._pause(delivery, NO_ADDRESS_REASONS[ADDRESS_PARTS[source]],
                                    self._no_address_message(source), where)
+        return self._unsure(
+            delivery, f"{reason}, and no other user's record showed the address field is right "
+            f"before max_age", "the user's record has no address, but no record has shown the "
+            "field is right yet", where)
+
+    def _unsure(self, delivery: Delivery, failure: str, waiting: str, where: str) -> str:
+        """No address, and it cannot be blamed on the recipient yet: ask again after the probe
+        interval, uncounted; fail it as `no_recipient` only once it is older than max_age."""
         if time.time() - delivery.created_epoch > self.retry_policy.max_age:
-            return self._fail(delivery, "no_recipient", f"{reason}, and no other user's record "
-                              f"showed the address field is right before max_age", where)
-        log.info("%s: the user's record has no address, but no record has shown the field is "
-                 "right yet; asking again in %gs", where, self.gate.probe_interval)
+            return self._fail(delivery, "no_recipient", failure, where)
+        log.info("%s: %s; asking again in %gs", where, waiting, self.gate.probe_interval)
         self.store.release(delivery, time.time(), retry_at=time.time() + self.gate.probe_interval)
         return QUEUED
 
