@@ -129,8 +129,8 @@ class Deliverer:
 
         annotations = delivery.alert.get("annotations") or {}
         category = category_of(delivery.rule, annotations)
-        stopped = suppressed_by(self.store.suppression_scopes(delivery.user_id), delivery.rule,
-                                self.store.suppressed_categories(delivery.user_id), category)
+        scopes, categories = self.store.user_suppressions(delivery.user_id)
+        stopped = suppressed_by(scopes, delivery.rule, categories, category)
         if stopped:
             metrics.EMAILS_SUPPRESSED.labels(delivery.template).inc()
             log.info("%s suppressed: the user %s", where, stopped)

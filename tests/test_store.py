@@ -372,6 +372,10 @@ def test_category_suppressions_add_once_list_and_remove_apart_from_rule_ones(sto
     assert store.suppressed_categories("u2") == set()
     # A category and a rule (or "all") of the same name are different suppressions.
     assert store.suppression_scopes("u1") == set()
+    assert store.add_suppression("u1", "Billing", "link", time.time())
+    assert store.user_suppressions("u1") == ({"Billing"}, {"Billing", "Quota ünd usage"})
+    assert store.user_suppressions("u2") == (set(), set())
+    assert store.remove_suppression("u1", "Billing")
     assert [(r["user_id"], r["category"], r["source"])
             for r in store.list_category_suppressions()] == [
         ("u1", "Billing", "page"), ("u1", "Quota ünd usage", "one-click")]

@@ -431,6 +431,11 @@ class Store(ABC):
     def suppressed_categories(self, user_id: str) -> set[str]: ...
 
     @abstractmethod
+    def user_suppressions(self, user_id: str) -> tuple[set[str], set[str]]:
+        """(`suppression_scopes`, `suppressed_categories`) in one query: the send path asks
+        once per email."""
+
+    @abstractmethod
     def add_category_suppression(self, user_id: str, category: str, source: str,
                                  now: float) -> bool:
         """True when this is new; stopping a category twice is harmless."""

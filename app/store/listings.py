@@ -101,6 +101,15 @@ class Listings:
             params.append(int(limit))
         return self._rows(query, params) if statuses else []
 
+    def user_suppressions(self, user_id: str) -> tuple[set[str], set[str]]:
+        mark = self.PLACEHOLDER
+        rows = self._rows(
+            f"SELECT 'scope' AS kind, scope AS name FROM suppressions WHERE user_id = {mark} "
+            f"UNION ALL SELECT 'category', category FROM category_suppressions "
+            f"WHERE user_id = {mark}", [user_id, user_id])
+        scopes = {row["name"] for row in rows if row["kind"] == "scope"}
+        return scopes, {row["name"] for row in rows if row["kind"] == "category"}
+
     def list_category_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:
         if user_id is None:
             return self._rows("SELECT * FROM category_suppressions "
