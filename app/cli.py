@@ -653,7 +653,7 @@ def send_test(ctx: Context, template, recipient, user_id, labels, user_json, res
         click.echo(f"note: {note}", err=True)
     try:
         message = preview.compose(preview.context(recipient=recipient),
-                                  f"<nudge-test-{uuid.uuid4().hex}@nudge.localhost>").message
+                                  f"<nudge-test-{uuid.uuid4().hex}@nudge.localhost>").email
         transport = transport_factory(config.smtp_url, config.outbox_dir)()
         try:
             transport.send(message)

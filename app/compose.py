@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
 from typing import Any
 
 import jinja2
 
 from app.alerts import parse_time
-from app.messages import build_message
+from app.messages import OutgoingEmail, build_message
 from app.rendering import RenderedEmail, render_email
 
 
@@ -55,7 +54,12 @@ def alert_context(
 @dataclass(frozen=True)
 class Composed:
     rendered: RenderedEmail
-    message: EmailMessage
+    email: OutgoingEmail
+
+    @property
+    def message(self):
+        """The message as a mail client parses it (previews)."""
+        return self.email.message
 
 
 def compose(
@@ -74,7 +78,7 @@ def compose(
 
     Raises TemplateError (the template) or ValueError (a header the message cannot carry)."""
     rendered = render_email(env, template, context, resolved=resolved)
-    message = build_message(
+    outgoing = build_message(
         sender=sender,
         recipient=context["recipient"],
         subject=rendered.subject,
@@ -85,4 +89,4 @@ def compose(
         reply_to=reply_to,
         list_id=list_id,
     )
-    return Composed(rendered, message)
+    return Composed(rendered, outgoing)

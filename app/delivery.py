@@ -35,9 +35,19 @@ from app.config import Config
 from app.directory import StaticDirectory, directory_from_config
 from app.holding import HoldStep
 from app.messages import message_id_for
+from app.outcomes import BackgroundOutcomes, ImmediateOutcomes
 from app.recipients import choose_recipient, record_sources_by_address
 from app.rendering import TemplateError
-from app.store import DEAD, FAILED, QUEUED, SENT, SUPPRESSED, Delivery, StorageError, Store
+from app.store import (
+    DEAD,
+    FAILED,
+    QUEUED,
+    SENT,
+    SUPPRESSED,
+    Delivery,
+    Outcome,
+    Store,
+)
 from app.suppressions import preferences_url, suppressed_by
 from app.template_set import TemplateSet
 from app.transports import RateLimiter, Transport, TransportError
@@ -108,6 +118,8 @@ class Deliverer:
         # Pauses sending while the setup is broken (app/circuit.py).
         self.gate = SendingGate(config.pause_probe_interval)
         self.holds = HoldStep(config, store)
+        # Written before deliver() returns, unless the worker writes them in the background.
+        self.outcomes: ImmediateOutcomes | BackgroundOutcomes = ImmediateOutcomes(store)
 
     def close(self) -> None:
         self.templates.close()
@@ -180,7 +192,7 @@ class Deliverer:
                 list_unsubscribe_url=link,
                 reply_to=self.config.smtp_reply_to,
                 list_id=email_list_id(delivery.rule, annotations, self.message_domain),
-            ).message
+            ).email
         except TemplateError as exc:
             return self._fail(delivery, "render_error", f"template error: {exc}", where,
                               choice.address)
@@ -329,19 +341,7 @@ class Deliverer:
         return self._settle(delivery, FAILED, recipient=recipient, error=error)
 
     def _settle(self, delivery: Delivery, status: str, **fields) -> str:
-        # The outcome happened (an email may be out): keep trying to record it rather than
-        # let the lease expire and the delivery be sent again.
-        delay = 0.1
-        while True:
-            try:
-                current = self.store.settle(delivery, status, time.time(), **fields)
-                break
-            except StorageError as exc:
-                log.warning("delivery=%s: cannot record outcome %s yet, retrying in %.1fs: %s",
-                            delivery.id, status, delay, exc)
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
-        if not current:
-            log.warning("delivery=%s outcome %s recorded only in its attempt log: its lease "
-                        "expired and a newer claim owns it", delivery.id, status)
+        # The outcome happened (an email may be out): it is written however long the
+        # database takes (app/outcomes.py).
+        self.outcomes.record(Outcome(delivery, status, **fields))
         return status

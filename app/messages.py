@@ -1,10 +1,17 @@
 """Build the email messages Nudge sends: headers, text/HTML bodies, one-click unsubscribe."""
 
+import email
 import email.policy
 import email.utils
+import random
+import re
+import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import quoprimime
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from functools import cached_property, lru_cache
 from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 900  # a header line must stay under SMTP's 998-character limit
@@ -29,6 +36,7 @@ def _message_policy() -> email.policy.EmailPolicy:
 
 MESSAGE_POLICY = _message_policy()
 """email.policy.default, except that List-Unsubscribe is never folded."""
+WIRE_POLICY = MESSAGE_POLICY.clone(linesep="\r\n")
 
 
 def message_id_for(delivery_id: int, domain: str) -> str:
@@ -38,6 +46,28 @@ def message_id_for(delivery_id: int, domain: str) -> str:
     if not domain or any(ch in domain for ch in "<>@ \t\r\n"):
         raise ValueError(f"invalid Message-ID domain {domain!r}")
     return f"<nudge-delivery-{delivery_id}@{domain}>"
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """A message ready for the wire: its envelope and its bytes (ASCII, CRLF line ends)."""
+
+    sender: str  # the envelope sender: the From address
+    recipient: str
+    data: bytes
+
+    @cached_property
+    def message(self) -> EmailMessage:
+        """The message parsed back (previews, tests): what a mail client reads."""
+        parsed = email.message_from_bytes(self.data, policy=MESSAGE_POLICY)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    def __getitem__(self, name: str):
+        return self.message[name]
+
+    def as_bytes(self) -> bytes:
+        return self.data
 
 
 def build_message(
@@ -52,7 +82,7 @@ def build_message(
     date: datetime | None = None,
     reply_to: str | None = None,
     list_id: str | None = None,
-) -> EmailMessage:
+) -> OutgoingEmail:
     """Build one email: text only, or multipart/alternative (text, then HTML) when html is given.
 
     Raises ValueError for a header value containing CR or LF, a sender, recipient or
@@ -73,39 +103,95 @@ def build_message(
         _require_list_id(list_id)
     for name, value in headers.items():
         _reject_line_breaks(name, value)
-    for name in ("From", "To", "Reply-To"):
-        if name in headers:
-            _require_single_address(name, headers[name])
+    _require_single_address("From", sender)
+    if reply_to is not None:
+        _require_single_address("Reply-To", reply_to)
+    if not _SIMPLE_ADDRESS.match(recipient):
+        _require_single_address.__wrapped__("To", recipient)  # per recipient: not cached
     _require_message_id(message_id)
     _require_unsubscribe_url(unsubscribe_url)
 
     when = date or datetime.now(UTC)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    envelope_from = _envelope_address(sender)
+    envelope_to = recipient if _SIMPLE_ADDRESS.match(recipient) else _envelope_address(recipient)
 
-    message = EmailMessage(policy=MESSAGE_POLICY)
-    message["From"] = sender
-    message["To"] = recipient
+    # Written directly rather than through email.message: the email package parses every
+    # header it is given and re-renders it, which cost most of the CPU of a send. Headers that
+    # need encoding or folding still go through its policy (once per value for the constant
+    # ones: sender, Reply-To, List-Id).
+    lines = [_folded("From", sender),
+             _plain_or_folded("To", recipient)]
     if reply_to is not None:
-        message["Reply-To"] = reply_to
-    message["Subject"] = subject
-    message["Date"] = email.utils.format_datetime(when)
-    message["Message-ID"] = message_id
-    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        lines.append(_folded("Reply-To", reply_to))
+    lines += [
+        _plain_or_folded("Subject", subject),
+        f"Date: {email.utils.format_datetime(when)}\r\n",
+        f"Message-ID: {message_id}\r\n",
+        f"List-Unsubscribe: <{unsubscribe_url}>\r\n",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+    ]
     if list_id is not None:
-        message["List-Id"] = list_id
-    message.set_content(text, cte=_transfer_encoding(text))
-    if html is not None:
-        message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
-    return message
+        lines.append(_folded("List-Id", list_id))
+    lines.append("MIME-Version: 1.0\r\n")
+    text_part = _text_part("plain", text)
+    if html is None:
+        body = text_part
+    else:
+        html_part = _text_part("html", html)
+        boundary = _boundary(text_part, html_part)
+        lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n')
+        body = (f"\r\n--{boundary}\r\n{text_part}\r\n--{boundary}\r\n{html_part}"
+                f"\r\n--{boundary}--\r\n")
+    return OutgoingEmail(envelope_from, envelope_to, ("".join(lines) + body).encode("ascii"))
 
 
-def _transfer_encoding(body: str) -> str | None:
-    # The default policy would pick 8bit for non-ASCII text; smtplib does not declare
-    # BODY=8BITMIME, so stay 7-bit clean. None lets email choose (7bit, or QP/base64 for
-    # long lines).
-    return None if body.isascii() else "quoted-printable"
+# A recipient in the plain form most addresses take: written as is, checked without the
+# email package's parser.
+_SIMPLE_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z")
+_PLAIN_HEADER = re.compile(r"[!-~](?:[ -~]*[!-~])?\Z")
+MAX_PLAIN_LINE = 78
+
+
+@lru_cache(maxsize=512)
+def _folded(name: str, value: str) -> str:
+    """The header line as the email package writes it (encoded words, folding)."""
+    return WIRE_POLICY.header_factory(name, value).fold(policy=WIRE_POLICY)
+
+
+def _plain_or_folded(name: str, value: str) -> str:
+    line = f"{name}: {value}"
+    if (len(line) <= MAX_PLAIN_LINE and _PLAIN_HEADER.match(value) and "=?" not in value
+            and "  " not in value):
+        return line + "\r\n"
+    return _folded.__wrapped__(name, value)
+
+
+def _text_part(subtype: str, body: str) -> str:
+    raw = body.encode("utf-8").splitlines()
+    if raw and max(len(line) for line in raw) > MAX_PLAIN_LINE or not body.isascii():
+        encoding = "quoted-printable"
+        payload = quoprimime.body_encode((b"\n".join(raw) + b"\n").decode("latin-1"),
+                                         MAX_PLAIN_LINE, eol="\r\n")
+    else:
+        encoding = "7bit"
+        payload = (b"\r\n".join(raw) + b"\r\n").decode("ascii")
+    return (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            f"Content-Transfer-Encoding: {encoding}\r\n\r\n{payload}")
+
+
+def _boundary(*parts: str) -> str:
+    while True:
+        boundary = f"==============={random.randrange(sys.maxsize):019d}=="
+        if not any(boundary in part for part in parts):
+            return boundary
+
+
+def _envelope_address(value: str) -> str:
+    return email.utils.getaddresses([value])[0][1]
 
 
 def _reject_line_breaks(name: str, value: str) -> None:
@@ -124,6 +210,7 @@ def require_single_address(value: str) -> None:
         raise ValueError(f"not exactly one valid email address: {value[:80]!r}") from None
 
 
+@lru_cache(maxsize=256)
 def _require_single_address(name: str, value: str) -> None:
     try:
         header = email.policy.default.header_factory(name, value)

@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from app.messages import OutgoingEmail
 from app.redact import redact_url
 
 DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
@@ -42,7 +42,7 @@ class TransportError(Exception):
 class Transport(Protocol):
     """Something that sends messages; one instance per sending thread."""
 
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, message: OutgoingEmail) -> None: ...
 
     def close(self) -> None: ...
 
@@ -245,7 +245,7 @@ class SmtpTransport:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         self._where = f"{host}:{settings.port}"
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: OutgoingEmail) -> None:
         """Hand one message to the server; TransportError if it was not accepted."""
         reused = self._client is not None and self._client.sock is not None
         try:
@@ -274,10 +274,10 @@ class SmtpTransport:
         finally:
             client.close()
 
-    def _send_once(self, message: EmailMessage) -> None:
+    def _send_once(self, message: OutgoingEmail) -> None:
         client = self._connection()
         client.data_started = False
-        client.send_message(message)
+        client.sendmail(message.sender, [message.recipient], message.data)
 
     def _connection(self) -> "_SMTP | _SMTPS":
         if self._client is not None and self._client.sock is None:
@@ -443,15 +443,15 @@ class FileOutbox:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: OutgoingEmail) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        name = f"{stamp}-{_file_safe(message.get('Message-ID', ''))}.eml"
+        name = f"{stamp}-{_file_safe(message.message.get('Message-ID', ''))}.eml"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as file:
-                    file.write(message.as_bytes())
+                    file.write(message.data.replace(b"\r\n", b"\n"))  # a Unix file
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(tmp, self.directory / name)

@@ -20,6 +20,7 @@ from app.circuit import HOLD
 from app.config import Config
 from app.decider import Decider
 from app.delivery import Deliverer
+from app.outcomes import BackgroundOutcomes
 from app.policy import AlertPolicy
 from app.redact import redact_url
 from app.store import Delivery, StorageError, store_for
@@ -112,6 +113,8 @@ class DeliveryWorker:
             threading.Thread(target=self._send_loop, name=f"sender-{n}", daemon=True)
             for n in range(self.senders)
         ]
+        # Senders hand their outcomes to a writer thread and go on to the next email.
+        self.deliverer.outcomes = BackgroundOutcomes(self.store, self.leases.drop)
         for thread in self.threads:
             thread.start()
         decider = threading.Thread(target=self.decider.run, args=(self.stopping, self.new_work.set),
@@ -124,6 +127,7 @@ class DeliveryWorker:
         finally:
             decider.join()
             self._drain()
+            self.deliverer.outcomes.close()
             self.leases.stopping.set()
             keeper.join()
             self.store.close_all()
@@ -230,7 +234,8 @@ class DeliveryWorker:
                     self._record_unexpected(delivery, exc)
                 finally:
                     gate.finished(delivery.id)
-                    self.leases.drop(delivery)
+                    if not self.deliverer.outcomes.unrecorded(delivery):
+                        self.leases.drop(delivery)  # else once its outcome is written
                     self.slots.release()
         finally:
             _close_quietly(transport)

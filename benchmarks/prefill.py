@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 
 from app.alerts import parse_time
@@ -73,14 +72,13 @@ def render_messages(config: dict, prefix: str, count: int) -> list[tuple[str, st
             "now": datetime.now(UTC),
         }
         rendered = render_email(env, payloads.TEMPLATE, context)
-        message: EmailMessage = build_message(
+        message = build_message(
             sender=nudge.smtp_from, recipient=recipient, subject=rendered.subject,
             text=rendered.text, html=rendered.html,
             message_id=message_id_for(number + 1, domain),
             unsubscribe_url=unsubscribe_url(nudge.public_url, key, user, ALL),
         )
-        wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
-        out.append((nudge.smtp_from, recipient, wire))
+        out.append((message.sender, message.recipient, message.data))
     return out
 
 

@@ -61,7 +61,7 @@ def test_an_outcome_recorded_after_the_database_was_locked_past_its_busy_timeout
             try:
                 assert locker.stdout.readline().strip() == "locked"
                 relay.wait_for(1, timeout=10)  # sent while the database is locked
-                wait_until(lambda: any("cannot record outcome sent yet" in r.getMessage()
+                wait_until(lambda: any("cannot record outcome sent" in r.getMessage()
                                        for r in caplog.records), timeout=10)
                 assert deliveries(config)[0]["status"] == "sending"  # not recordable yet
             finally:

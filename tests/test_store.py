@@ -21,6 +21,7 @@ from app.store import (
     DecisionRecord,
     JournalEntry,
     NewDelivery,
+    Outcome,
     SchemaMismatch,
     StorageError,
     open_store,
@@ -290,6 +291,28 @@ def test_a_claim_whose_lease_expired_cannot_overwrite_the_newer_claim(store):
     assert (row["status"], row["last_error"], row["recipient"]) == (SENT, None, "ada@example.com")
     outcomes = [a["outcome"] for a in store.list_attempts(new.id)]
     assert outcomes == ["retry (after its lease expired)", "sent"]
+
+
+def test_settle_many_records_each_outcome_in_one_call(store):
+    ids = [queue_one(store, user=f"u{n}") for n in range(3)]
+    now = time.time()
+    _, stale, _ = store.claim_due(now, lease=10, limit=3)
+    first, stale_again, third = store.claim_due(now + 11, lease=10, limit=3)  # leases ran out
+    results = store.settle_many([
+        Outcome(first, SENT, recipient="u0@example.com"),
+        Outcome(stale, QUEUED, error="late failure", retry_at=now + 60),
+        Outcome(third, QUEUED, recipient="u2@example.com", error="451 try later",
+                retry_at=now + 30),
+    ], now + 12)
+    assert results == [True, False, True]
+    rows = {row["id"]: row for row in store.list_deliveries()}
+    assert (rows[ids[0]]["status"], rows[ids[0]]["recipient"]) == (SENT, "u0@example.com")
+    assert rows[ids[1]]["status"] == SENDING  # the newer claim still owns it
+    assert (rows[ids[2]]["status"], rows[ids[2]]["last_error"]) == (QUEUED, "451 try later")
+    assert [a["outcome"] for a in store.list_attempts(ids[1])] == [
+        "retry (after its lease expired)", "sending"]
+    assert store.settle_many([Outcome(stale_again, SENT)], now + 13) == [True]
+    assert store.settle_many([], now) == []
 
 
 def test_a_retry_is_due_again_at_its_time(store):

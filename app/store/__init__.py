@@ -29,6 +29,7 @@ from app.store.base import (
     JournalEntry,
     JournalStats,
     NewDelivery,
+    Outcome,
     PendingNotification,
     PruneCounts,
     QueueStats,
@@ -42,6 +43,7 @@ from app.store.base import (
 )
 
 __all__ = [
+    "Outcome",
     "CANCELLED", "DROPPED", "GateFacts", "SendGate",
     "DEAD", "FAILED", "QUEUED", "SENDING", "SENT", "STATUSES", "SUPPRESSED", "WAITING",
     "ChangeWatcher", "DecisionBatch", "DecisionRecord", "Delivery", "Facts", "JournalEntry",

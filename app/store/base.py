@@ -169,6 +169,17 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """How one claimed delivery's attempt ended, to be recorded (Store.settle_many)."""
+
+    delivery: Delivery
+    status: str
+    recipient: str | None = None
+    error: str | None = None
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
 class WaitingRow:
     """Another email of the same user that has not gone out yet (queued, held or sending)."""
 
@@ -328,11 +339,16 @@ class Store(ABC):
         """Claim up to `limit` due deliveries, or ones whose previous claim's lease expired;
         each claim opens an attempt row."""
 
-    @abstractmethod
     def settle(self, delivery: Delivery, status: str, now: float, *, recipient: str | None = None,
                error: str | None = None, retry_at: float | None = None) -> bool:
         """Record how this attempt ended. False when the lease ran out and a newer claim owns
         the delivery (the outcome is then only in the attempt log)."""
+        return self.settle_many([Outcome(delivery, status, recipient, error, retry_at)], now)[0]
+
+    @abstractmethod
+    def settle_many(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        """Record several attempts' outcomes in one transaction (one commit for many sends);
+        for each, whether its claim was still current, as `settle` says."""
 
     @abstractmethod
     def release(self, delivery: Delivery, now: float, retry_at: float | None = None) -> None:

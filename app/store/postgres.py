@@ -45,6 +45,7 @@ from app.store.base import (
     JournalEntry,
     JournalStats,
     NewDelivery,
+    Outcome,
     PendingNotification,
     PruneCounts,
     QueueStats,
@@ -444,33 +445,42 @@ class PostgresStore(Listings, Store):
         claimed.sort(key=lambda delivery: delivery.id)
         return claimed
 
-    def settle(self, delivery: Delivery, status: str, now: float, *, recipient: str | None = None,
-               error: str | None = None, retry_at: float | None = None) -> bool:
-        attempt_outcome = "retry" if status == QUEUED else status
+    def settle_many(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        if not outcomes:
+            return []
         stamp = iso(now)
+        ids = [outcome.delivery.id for outcome in outcomes]
         with self._transaction("cannot record the outcome of a delivery") as conn:
-            # Only while this claim is still the delivery's current one.
-            current = conn.execute(
-                "UPDATE deliveries SET status = %s, lease_until = NULL, claim = NULL, "
-                "updated_at = %s, recipient = COALESCE(%s, recipient), last_error = %s, "
-                "next_attempt_at = COALESCE(%s, next_attempt_at), "
-                "sent_at = CASE WHEN %s = 'sent' THEN %s ELSE sent_at END "
-                "WHERE id = %s AND status = 'sending' AND claim = %s",
-                (status, stamp, recipient, error, retry_at, status, stamp, delivery.id,
-                 delivery.attempt_id),
-            ).rowcount
-            if not current:
-                attempt_outcome = f"{attempt_outcome} (after its lease expired)"
-            if status != SENT:  # a send slot taken for this attempt is given back
-                conn.execute("DELETE FROM send_slots WHERE delivery_id = %s", (delivery.id,))
-            if delivery.attempt_id is not None:
+            # One statement for the whole batch; only while each claim is still the
+            # delivery's current one.
+            current = {row[0] for row in conn.execute(
+                "UPDATE deliveries d SET status = v.status, lease_until = NULL, claim = NULL, "
+                "updated_at = %s, recipient = COALESCE(v.recipient, d.recipient), "
+                "last_error = v.error, next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at), "
+                "sent_at = CASE WHEN v.status = 'sent' THEN %s ELSE d.sent_at END "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], "
+                "%s::double precision[]) AS v(id, claim, status, recipient, error, retry_at) "
+                "WHERE d.id = v.id AND d.status = 'sending' AND d.claim = v.claim "
+                "RETURNING d.id",
+                (stamp, stamp, ids, [o.delivery.attempt_id for o in outcomes],
+                 [o.status for o in outcomes], [o.recipient for o in outcomes],
+                 [o.error for o in outcomes], [o.retry_at for o in outcomes])).fetchall()}
+            unsent = [o.delivery.id for o in outcomes if o.status != SENT]
+            if unsent:  # a send slot taken for these attempts is given back
+                conn.execute("DELETE FROM send_slots WHERE delivery_id = ANY(%s)", (unsent,))
+            logged = [o for o in outcomes if o.delivery.attempt_id is not None]
+            if logged:
                 conn.execute(
-                    "UPDATE attempts SET outcome = %s, finished_at = %s, recipient = %s, "
-                    "error = %s WHERE id = %s",
-                    (attempt_outcome, stamp, recipient, error, delivery.attempt_id))
-            if status == QUEUED and current:
+                    "UPDATE attempts a SET outcome = v.outcome, finished_at = %s, "
+                    "recipient = v.recipient, error = v.error "
+                    "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) "
+                    "AS v(id, outcome, recipient, error) WHERE a.id = v.id",
+                    (stamp, [o.delivery.attempt_id for o in logged],
+                     [_attempt_outcome(o, o.delivery.id in current) for o in logged],
+                     [o.recipient for o in logged], [o.error for o in logged]))
+            if any(o.status == QUEUED and o.delivery.id in current for o in outcomes):
                 conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
-        return bool(current)
+        return [outcome.delivery.id in current for outcome in outcomes]
 
     def release(self, delivery: Delivery, now: float, retry_at: float | None = None) -> None:
         with self._transaction("cannot release a delivery") as conn:
@@ -904,3 +914,9 @@ class _FleetRateLimiter(RateReservation):
             wait = self.interval  # the database is down: sending is paused by settle anyway
         if wait > 0:
             time.sleep(wait)
+
+
+def _attempt_outcome(outcome: Outcome, current: bool) -> str:
+    """What the attempt log says of an attempt's end."""
+    text = "retry" if outcome.status == QUEUED else outcome.status
+    return text if current else f"{text} (after its lease expired)"

@@ -37,6 +37,7 @@ from app.store.base import (
     JournalEntry,
     JournalStats,
     NewDelivery,
+    Outcome,
     PendingNotification,
     PruneCounts,
     QueueStats,
@@ -607,31 +608,38 @@ class SQLiteStore(Listings, Store):
         claimed.sort(key=lambda delivery: delivery.id)
         return claimed
 
-    def settle(self, delivery: Delivery, status: str, now: float, *, recipient: str | None = None,
-               error: str | None = None, retry_at: float | None = None) -> bool:
-        attempt_outcome = "retry" if status == QUEUED else status
+    def settle_many(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
+        if not outcomes:
+            return []
+        stamp = iso(now)
+        results = []
         with self._write("cannot record the outcome of a delivery") as conn:
-            # Only while this claim is still the delivery's current one.
-            current = conn.execute(
-                "UPDATE deliveries SET status = ?, lease_until = NULL, claim = NULL, "
-                "updated_at = ?, recipient = COALESCE(?, recipient), last_error = ?, "
-                "next_attempt_at = COALESCE(?, next_attempt_at), "
-                "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
-                "WHERE id = ? AND status = 'sending' AND claim = ?",
-                (status, iso(now), recipient, error, retry_at, status, iso(now), delivery.id,
-                 delivery.attempt_id),
-            ).rowcount
-            if not current:
-                attempt_outcome = f"{attempt_outcome} (after its lease expired)"
-            if status != SENT:  # a send slot taken for this attempt is given back
-                conn.execute("DELETE FROM send_slots WHERE delivery_id = ?", (delivery.id,))
-            if delivery.attempt_id is not None:
-                conn.execute(
-                    "UPDATE attempts SET outcome = ?, finished_at = ?, recipient = ?, error = ? "
-                    "WHERE id = ?",
-                    (attempt_outcome, iso(now), recipient, error, delivery.attempt_id),
-                )
-        return bool(current)
+            for outcome in outcomes:
+                delivery, status = outcome.delivery, outcome.status
+                attempt_outcome = "retry" if status == QUEUED else status
+                # Only while this claim is still the delivery's current one.
+                current = conn.execute(
+                    "UPDATE deliveries SET status = ?, lease_until = NULL, claim = NULL, "
+                    "updated_at = ?, recipient = COALESCE(?, recipient), last_error = ?, "
+                    "next_attempt_at = COALESCE(?, next_attempt_at), "
+                    "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
+                    "WHERE id = ? AND status = 'sending' AND claim = ?",
+                    (status, stamp, outcome.recipient, outcome.error, outcome.retry_at, status,
+                     stamp, delivery.id, delivery.attempt_id),
+                ).rowcount
+                if not current:
+                    attempt_outcome = f"{attempt_outcome} (after its lease expired)"
+                if status != SENT:  # a send slot taken for this attempt is given back
+                    conn.execute("DELETE FROM send_slots WHERE delivery_id = ?", (delivery.id,))
+                if delivery.attempt_id is not None:
+                    conn.execute(
+                        "UPDATE attempts SET outcome = ?, finished_at = ?, recipient = ?, "
+                        "error = ? WHERE id = ?",
+                        (attempt_outcome, stamp, outcome.recipient, outcome.error,
+                         delivery.attempt_id),
+                    )
+                results.append(bool(current))
+        return results
 
     def release(self, delivery: Delivery, now: float, retry_at: float | None = None) -> None:
         with self._write("cannot release a delivery") as conn:
