@@ -190,6 +190,10 @@ def describe(cmdline: str, parent_cmdline: str) -> str:
         return "nudge serve (supervisor)"
     if " worker" in cmdline:
         return "delivery worker"
+    if " worker" in parent_cmdline and " serve" not in parent_cmdline:
+        # A sender process the delivery worker started (delivery.processes): its work is the
+        # delivery worker's, whatever command line multiprocessing gave it.
+        return "delivery worker"
     return cmdline[:60]
 
 
