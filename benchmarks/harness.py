@@ -246,7 +246,7 @@ class CpuMeter:
     def __init__(self, root_pid: int):
         self.root_pid = root_pid
         self.before: dict[int, float] = {}
-        self.parents: dict[int, int] = {}
+        self.parents: dict[int, int | None] = {}
         self.used: dict[str, float] = {}
         self.processes: list[tuple[str, int, float]] = []  # (what, pid, CPU seconds)
 

@@ -38,6 +38,12 @@ def test_benchmark_runs_and_reports_its_figures(tmp_path, number):
         if figure["baseline"] is not None:
             assert figure["ratio"] is not None, figure
     assert f"{number}. " in output and "cores" in output
+    if number == 3:
+        # No added latency, 20 ms, 10 connections vs 1: each with the CPU per email beside it
+        assert [f["target"] for f in result["figures"]] == [">= 0.5", ">= 0.9", ">= 8"]
+        assert "no added latency" in result["figures"][0]["label"]
+        for figure in result["figures"]:
+            assert figure["details"][0].startswith("CPU per email: Nudge"), figure
 
 
 def test_alertmanager_comparison_runs_or_says_why_not(tmp_path):
