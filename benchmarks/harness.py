@@ -190,42 +190,90 @@ def describe(cmdline: str, parent_cmdline: str) -> str:
         return "nudge serve (supervisor)"
     if " worker" in cmdline:
         return "delivery worker"
+    if " worker" in parent_cmdline and " serve" not in parent_cmdline:
+        # A sender process the delivery worker started (delivery.processes): its work is the
+        # delivery worker's, whatever command line multiprocessing gave it.
+        return "delivery worker"
     return cmdline[:60]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (0 when it is gone)."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU time of one process so far (0 when it is gone); with `reaped`, plus
+    that of its children that have exited and that it has waited for (the kernel adds their
+    CPU, and their own reaped children's, to the parent's cutime and cstime)."""
     try:
         with open(f"/proc/{pid}/stat") as file:
             fields = file.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return int(file.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds a process and all its descendants have used so far.
+
+    Nudge spreads its work over processes: `nudge serve` runs a gunicorn master and workers
+    and the delivery worker, and the delivery worker may start sender processes of its own
+    (`delivery.processes`). Every live descendant (found by parent pid in /proc/*/stat) counts
+    with its own CPU, and so does every descendant that has exited once its parent has reaped
+    it (cutime/cstime), so a sender process that ends between two samples is not lost. What
+    escapes: a descendant that exited but was never waited for, or whose parent had exited
+    before it (it is reparented out of the tree), and, at one sample, a child reaped between
+    reading its parent and reading it. Sample before stopping the process: once the root is
+    gone the tree reads 0."""
+    return sum(cpu_seconds(member, reaped=True) for member in descendants(pid))
 
 
 class CpuMeter:
     """CPU seconds used by each process of a tree between start() and stop().
 
     `stop()` returns the seconds per kind of process (see `describe`); `processes` keeps them
-    per process, so the split between a receiver's gunicorn workers is visible."""
+    per process, so the split between a receiver's gunicorn workers is visible. A process
+    that exits in between counts with the nearest ancestor still running, which has reaped
+    it (see tree_cpu_seconds), so the sum is the whole tree's."""
 
     def __init__(self, root_pid: int):
         self.root_pid = root_pid
         self.before: dict[int, float] = {}
+        self.parents: dict[int, int | None] = {}
         self.used: dict[str, float] = {}
         self.processes: list[tuple[str, int, float]] = []  # (what, pid, CPU seconds)
 
     def start(self) -> CpuMeter:
-        self.before = {pid: cpu_seconds(pid) for pid in descendants(self.root_pid)}
+        members = descendants(self.root_pid)
+        self.parents = {pid: parent_pid(pid) for pid in members}
+        self.before = {pid: cpu_seconds(pid, reaped=True) for pid in members}
         return self
 
     def stop(self) -> dict[str, float]:
+        live = {}
         for pid in descendants(self.root_pid):
             found = process_memory(pid)
-            if found is None:
+            if found is not None:
+                live[pid] = (found[0], cpu_seconds(pid, reaped=True))
+        before = dict(self.before)
+        for pid, seconds in self.before.items():
+            if pid in live:
                 continue
-            what = found[0]
-            seconds = cpu_seconds(pid) - self.before.get(pid, 0.0)
+            # Gone: its CPU up to start() is now inside an ancestor's reaped CPU too.
+            ancestor = self.parents.get(pid)
+            while ancestor is not None and ancestor not in live:
+                ancestor = self.parents.get(ancestor)
+            if ancestor is not None:
+                before[ancestor] = before.get(ancestor, 0.0) + seconds
+        for pid, (what, now) in live.items():
+            seconds = now - before.get(pid, 0.0)
             self.used[what] = self.used.get(what, 0.0) + seconds
             self.processes.append((what, pid, seconds))
         return self.used
@@ -456,6 +504,7 @@ class Figure:
     target: str = ""  # e.g. ">= 0.5"; compared against `ratio` unless `target_on_value`
     target_on_value: bool = False
     ratio: float | None = None
+    details: list[str] = field(default_factory=list)  # printed under it, e.g. CPU per email
 
     def __post_init__(self):
         if self.ratio is None and self.value is not None and self.baseline:
@@ -499,6 +548,7 @@ class Result:
                 parts.append(f"target {fig.target}{unit}: {verdict}")
             if parts:
                 out.append("      " + ", ".join(parts))
+            out += [f"      {detail}" for detail in fig.details]
         for note in self.notes:
             out.append(f"   - {note}")
         out.append(f"   ({self.seconds:.0f}s)")
@@ -511,7 +561,7 @@ class Result:
             "figures": [
                 {"label": f.label, "value": f.value, "unit": f.unit, "baseline": f.baseline,
                  "baseline_label": f.baseline_label, "ratio": f.ratio, "target": f.target,
-                 "met": f.met}
+                 "met": f.met, "details": f.details}
                 for f in self.figures
             ],
         }

@@ -19,7 +19,9 @@ what is measured is the webhook's accept and the deciders' work, not the senders
 is measured on its own below. Reported: alerts answered 200 per second (first POST to last
 200), alerts decided per second (first POST to last decision), CPU per alert from the first
 POST to the last decision, of all Nudge processes (supervisors, gunicorn masters and
-workers, delivery workers) and, apart, of the PostgreSQL server; and alerts per decider
+workers, delivery workers and the sender processes they start; harness.CpuMeter, which also
+counts processes that exited once reaped) and, apart, of the PostgreSQL server (the
+postmaster's tree, exited backends included); and alerts per decider
 transaction (decisions per distinct `created_at`: a batch stamps all its decisions alike).
 
 Delivery: a queue of `replica_emails` deliveries is filled through the store API
@@ -30,8 +32,8 @@ any commit to the queue does), so that start-up is not measured and the workers 
 together. They drain it to the SMTP sink, 20 ms per SMTP command as in benchmark 3, with
 `CONNECTIONS` SMTP connections in all (12 for one worker, 4 each for three: the relay's
 latency allows the same rate, 200 emails/s, to both). Rate from the first email accepted by
-the sink to the last; CPU per email of the workers, and apart of the PostgreSQL server, from
-the due time to the last email.
+the sink to the last; CPU per email of the workers (each one's process tree), and apart of
+the PostgreSQL server, from the due time to the last email.
 
 The scale-out figures: on a 2-core machine three replicas cannot beat one, so the targets
 are that three reach at least 0.8 of one's throughput (claims by three processes on one

@@ -38,6 +38,12 @@ def test_benchmark_runs_and_reports_its_figures(tmp_path, number):
         if figure["baseline"] is not None:
             assert figure["ratio"] is not None, figure
     assert f"{number}. " in output and "cores" in output
+    if number == 3:
+        # No added latency, 20 ms, 10 connections vs 1: each with the CPU per email beside it
+        assert [f["target"] for f in result["figures"]] == [">= 0.5", ">= 0.9", ">= 8"]
+        assert "no added latency" in result["figures"][0]["label"]
+        for figure in result["figures"]:
+            assert figure["details"][0].startswith("CPU per email: Nudge"), figure
 
 
 def test_alertmanager_comparison_runs_or_says_why_not(tmp_path):
@@ -46,8 +52,13 @@ def test_alertmanager_comparison_runs_or_says_why_not(tmp_path):
         assert "SKIPPED" in output and "ALERTMANAGER_BIN" in result["skipped"]
         return
     assert result["skipped"] is None, output
-    (figure,) = result["figures"]
-    assert figure["value"] > 0 and figure["baseline"] > 0 and figure["ratio"] > 0
+    rate, connections = result["figures"]
+    assert rate["value"] > 0 and rate["baseline"] > 0 and rate["ratio"] > 0
+    assert rate["target"] == ">= 1.0" and "smtp.connections=64" in rate["label"]
+    assert any(detail.startswith("CPU per email: Nudge") for detail in rate["details"]), output
+    # Nudge's connections held at once, with Alertmanager's beside, against the limit
+    assert 1 <= connections["value"] <= 64 and connections["baseline"] >= 1
+    assert connections["target"] == "<= 64"
 
 
 def test_only_rejects_an_unknown_benchmark():
