@@ -127,11 +127,13 @@ class Deliverer:
             self.directory.close()
 
     def deliver(self, transport: Transport, delivery: Delivery,
-                still_claimed: Callable[[], bool] | None = None) -> str:
+                still_claimed: Callable[[], bool] | None = None,
+                suppressions: tuple[set[str], set[str]] | None = None) -> str:
         """Send one claimed delivery and record the outcome; returns the new status.
 
         `still_claimed` says whether our claim is still current (the worker renews leases);
-        by default, whether its lease has not run out."""
+        by default, whether its lease has not run out. `suppressions`: the user's, read
+        with the claim (else read now)."""
         labels = delivery.alert.get("labels", {})
         where = f"delivery={delivery.id} rule={delivery.rule} user={delivery.user_id}"
         if delivery.attempts > self.retry_policy.max_attempts:
@@ -141,7 +143,7 @@ class Deliverer:
 
         annotations = delivery.alert.get("annotations") or {}
         category = category_of(delivery.rule, annotations)
-        scopes, categories = self.store.user_suppressions(delivery.user_id)
+        scopes, categories = suppressions or self.store.user_suppressions(delivery.user_id)
         stopped = suppressed_by(scopes, delivery.rule, categories, category)
         if stopped:
             metrics.EMAILS_SUPPRESSED.labels(delivery.template).inc()

@@ -1,5 +1,6 @@
 """Build the email messages Nudge sends: headers, text/HTML bodies, one-click unsubscribe."""
 
+import binascii
 import email
 import email.policy
 import email.utils
@@ -8,7 +9,6 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import quoprimime
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from functools import cached_property, lru_cache
@@ -174,8 +174,7 @@ def _text_part(subtype: str, body: str) -> str:
     raw = body.encode("utf-8").splitlines()
     if raw and max(len(line) for line in raw) > MAX_PLAIN_LINE or not body.isascii():
         encoding = "quoted-printable"
-        payload = quoprimime.body_encode((b"\n".join(raw) + b"\n").decode("latin-1"),
-                                         MAX_PLAIN_LINE, eol="\r\n")
+        payload = binascii.b2a_qp(b"\r\n".join(raw) + b"\r\n", istext=True).decode("ascii")
     else:
         encoding = "7bit"
         payload = (b"\r\n".join(raw) + b"\r\n").decode("ascii")

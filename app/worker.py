@@ -98,7 +98,9 @@ class DeliveryWorker:
         self.new_work = threading.Event()
         self.leases = LeaseKeeper(self.store, config.lease)
         self.new_transport = transport_factory(config.smtp_url, config.outbox_dir)
-        self.work: queue.Queue[Delivery | None] = queue.Queue()
+        # A claimed delivery and its user's suppressions, read with the claim.
+        self.work: queue.Queue[tuple[Delivery, tuple[set[str], set[str]] | None] | None] = \
+            queue.Queue()
         self.slots = threading.Semaphore(self.senders * 2)
         self.threads: list[threading.Thread] = []
 
@@ -170,13 +172,14 @@ class DeliveryWorker:
                     self.stopping.wait(1.0)
                 for _ in range(free - len(claimed)):
                     self.slots.release()
+                suppressions = self._suppressions_of(claimed)
                 for delivery in claimed:
                     if allowed is not None:
                         # Paused: this claim is the probe. Taken now, not when a sender gets
                         # to it, so the next turn of this loop claims nothing meanwhile.
                         self.deliverer.gate.admit(delivery.id)
                     self.leases.hold(delivery)
-                    self.work.put(delivery)
+                    self.work.put((delivery, suppressions.get(delivery.user_id)))
                 if claimed:
                     continue
                 try:
@@ -190,6 +193,15 @@ class DeliveryWorker:
             if watcher is not None:
                 watcher.close()
             self.store.close()
+
+    def _suppressions_of(self, claimed: list[Delivery]) -> dict[str, tuple[set[str], set[str]]]:
+        """The claimed users' suppressions in one query (a sender asks itself if this fails)."""
+        if not claimed:
+            return {}
+        try:
+            return self.store.users_suppressions(delivery.user_id for delivery in claimed)
+        except StorageError:
+            return {}
 
     def _wait_for_work(self, watcher) -> None:
         """Nothing is due: sleep until the decider queues, another process commits, or the
@@ -209,9 +221,10 @@ class DeliveryWorker:
         transport = self.new_transport()
         try:
             while True:
-                delivery = self.work.get()
-                if delivery is None:
+                item = self.work.get()
+                if item is None:
                     return
+                delivery, suppressions = item
                 gate = self.deliverer.gate
                 try:
                     if self.stopping.is_set() or gate.admit(delivery.id) == HOLD:
@@ -219,7 +232,8 @@ class DeliveryWorker:
                         self.store.release(delivery, time.time())
                         continue
                     self.deliverer.deliver(
-                        transport, delivery, lambda d=delivery: self.leases.still_claimed(d))
+                        transport, delivery, lambda d=delivery: self.leases.still_claimed(d),
+                        suppressions)
                 except StorageError as exc:
                     # Nothing was sent (outcomes are retried until recorded): the lease brings
                     # this delivery back once the database answers again.

@@ -398,6 +398,11 @@ def test_category_suppressions_add_once_list_and_remove_apart_from_rule_ones(sto
     assert store.add_suppression("u1", "Billing", "link", time.time())
     assert store.user_suppressions("u1") == ({"Billing"}, {"Billing", "Quota ünd usage"})
     assert store.user_suppressions("u2") == (set(), set())
+    assert store.add_suppression("u3", "*", "link", time.time())
+    assert store.users_suppressions(["u1", "u2", "u3", "u1"]) == {
+        "u1": ({"Billing"}, {"Billing", "Quota ünd usage"}), "u2": (set(), set()),
+        "u3": ({"*"}, set())}
+    assert store.users_suppressions([]) == {}
     assert store.remove_suppression("u1", "Billing")
     assert [(r["user_id"], r["category"], r["source"])
             for r in store.list_category_suppressions()] == [

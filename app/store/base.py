@@ -452,6 +452,11 @@ class Store(ABC):
         once per email."""
 
     @abstractmethod
+    def users_suppressions(self, user_ids: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
+        """`user_suppressions` of several users in one query (the worker asks once per batch
+        of claims); every user asked for is a key."""
+
+    @abstractmethod
     def add_category_suppression(self, user_id: str, category: str, source: str,
                                  now: float) -> bool:
         """True when this is new; stopping a category twice is harmless."""

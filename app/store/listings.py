@@ -8,11 +8,11 @@ dicts) and inherits the rest.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.clock import iso
-from app.store.base import QUEUED, STATUSES, RetrySelection
+from app.store.base import QUEUED, STATUSES, RetrySelection, chunks
 
 
 class Listings:
@@ -102,13 +102,21 @@ class Listings:
         return self._rows(query, params) if statuses else []
 
     def user_suppressions(self, user_id: str) -> tuple[set[str], set[str]]:
-        mark = self.PLACEHOLDER
-        rows = self._rows(
-            f"SELECT 'scope' AS kind, scope AS name FROM suppressions WHERE user_id = {mark} "
-            f"UNION ALL SELECT 'category', category FROM category_suppressions "
-            f"WHERE user_id = {mark}", [user_id, user_id])
-        scopes = {row["name"] for row in rows if row["kind"] == "scope"}
-        return scopes, {row["name"] for row in rows if row["kind"] == "category"}
+        return self.users_suppressions([user_id])[user_id]
+
+    def users_suppressions(self, user_ids: Iterable[str]) -> dict[str, tuple[set[str], set[str]]]:
+        wanted = sorted(set(user_ids))
+        found: dict[str, tuple[set[str], set[str]]] = {user: (set(), set()) for user in wanted}
+        for batch in chunks(wanted, 500):
+            marks = ", ".join([self.PLACEHOLDER] * len(batch))
+            rows = self._rows(
+                f"SELECT 'scope' AS kind, user_id, scope AS name FROM suppressions "
+                f"WHERE user_id IN ({marks}) UNION ALL SELECT 'category', user_id, category "
+                f"FROM category_suppressions WHERE user_id IN ({marks})", [*batch, *batch])
+            for row in rows:
+                scopes, categories = found[row["user_id"]]
+                (scopes if row["kind"] == "scope" else categories).add(row["name"])
+        return found
 
     def list_category_suppressions(self, user_id: str | None = None) -> list[dict[str, Any]]:
         if user_id is None:
