@@ -121,7 +121,7 @@ def worker(ctx: Context, parent_pid: int | None) -> None:
     from app.server import configure_logging
     from app.worker import DeliveryWorker, watch_parent
 
-    configure_logging()
+    configure_logging(background=True)
     config = ctx.serving_config()
     try:
         store_for(config).migrate()

@@ -11,9 +11,12 @@ manager to restart. If the supervisor itself is killed, the kernel signals both 
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
+import logging.handlers
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -35,14 +38,35 @@ log = logging.getLogger("nudge.server")
 PR_SET_PDEATHSIG = 1
 
 
-def configure_logging() -> None:
+def configure_logging(background: bool = False) -> None:
+    """Log lines to stderr. `background`: written by a thread of their own, so that many
+    threads logging at once (the delivery worker's senders) never queue on the stream's lock
+    while one of them writes."""
     logging.basicConfig(
         level=os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
-    escape_handlers(logging.getLogger())
+    root = logging.getLogger()
+    escape_handlers(root)
+    if background:
+        writers = list(root.handlers)
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        listener = logging.handlers.QueueListener(lines, *writers, respect_handler_level=True)
+        for handler in writers:
+            root.removeHandler(handler)
+        root.addHandler(_Enqueue(lines))
+        listener.start()
+        atexit.register(listener.stop)  # writes what is still queued
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records over as they are: the writer thread formats them like any handler
+    (tracebacks stay multi-line; the escaping filter stays on the writing handler)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
 
 
 def prepare_metrics_dir(config: Config) -> Path:
