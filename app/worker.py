@@ -92,7 +92,7 @@ class DeliveryWorker:
         self.config = config
         self.senders = senders or config.smtp_connections
         self.stopping = threading.Event()
-        self.store = store_for(config, pool_size=self.senders + 4)
+        self.store = store_for(config, pool_size=self.senders + 5)
         self.deliverer = Deliverer(config, self.store)
         self.decider = Decider(self.store, AlertPolicy.from_config(config))
         self.new_work = threading.Event()
