@@ -337,6 +337,9 @@ def test_unauthenticated_mode_must_be_explicit(config_data, caplog):
     (b'{"version": "4", "alerts": [{"status": "firing", "startsAt": "2026-11-22T20:04:34Z", '
      b'"labels": {"user_id": "a\\u0000b"}}]}', "alerts[0].labels.user_id contains a NUL"),
     (b'{"version": "4", "alerts": [], "groupKey": "\\u0000"}', "'groupKey' contains a NUL"),
+    # Other escapes first (an escaped backslash, Go's \u0026 for &): the risky one is still found.
+    (b'{"version": "4", "alerts": [], "externalURL": "a\\\\b\\u0026c", "groupKey": "x\\u0000"}',
+     "'groupKey' contains a NUL"),
     # Surrogates written raw, as UTF-8 would encode them: not UTF-8, rejected before parsing.
     (b'{"version": "4", "alerts": [], "receiver": "\xed\xa0\x80"}', "body is not UTF-8 text"),
     (json.dumps({"version": "4", "alerts": [], "receiver": ["x"]}).encode(), "'receiver'"),
