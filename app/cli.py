@@ -46,13 +46,13 @@ class Context:
             _config_failure(exc)
         return self.serving_config()
 
-    def serving_config(self) -> Config:
+    def serving_config(self, warn: bool = True) -> Config:
         """The config of a process that serves or sends: no weak or sample secrets."""
         from app.secret_checks import require_safe_secrets
         from app.worker_health import supervised
 
         try:
-            require_safe_secrets(self.config, warn=not supervised())
+            require_safe_secrets(self.config, warn=warn and not supervised())
         except ConfigError as exc:
             _config_failure(exc)
         return self.config
@@ -115,35 +115,66 @@ def receiver(ctx: Context, bind: str, workers: int, public: bool) -> None:
 
 @main.command()
 @click.option("--parent-pid", type=int, hidden=True)
+@click.option("--sender-connections", type=click.IntRange(min=1), hidden=True,
+              help="Run as one of the worker's sender processes, with this many connections.")
 @pass_context
-def worker(ctx: Context, parent_pid: int | None) -> None:
+def worker(ctx: Context, parent_pid: int | None, sender_connections: int | None) -> None:
     """Run only the delivery worker (sends queued emails)."""
+    from app.sender_processes import (
+        SenderProcesses,
+        describe,
+        forget_own_metrics,
+        process_config,
+        process_count,
+        split_connections,
+    )
     from app.server import configure_logging
     from app.worker import DeliveryWorker, watch_parent
 
     configure_logging(background=True)
-    config = ctx.serving_config()
-    try:
-        store_for(config).migrate()
-    except StorageError as exc:
-        raise click.ClickException(str(exc)) from None
-    delivery_worker = DeliveryWorker(config)
+    # A sender process (started by the worker below) neither warns again, migrates, decides
+    # nor prunes: the main worker process does.
+    sender = sender_connections is not None
+    config = ctx.serving_config(warn=not sender)
+    if sender:
+        shares = [sender_connections]
+    else:
+        try:
+            store_for(config).migrate()
+        except StorageError as exc:
+            raise click.ClickException(str(exc)) from None
+        shares = split_connections(config.smtp_connections, process_count(config))
+        logging.getLogger("nudge.worker").info("%s", describe(config, shares))
+    delivery_worker = DeliveryWorker(process_config(config, shares[0]), decide=not sender)
+    senders = None if sender or len(shares) == 1 else SenderProcesses(
+        config, ctx.config_path, shares[1:])
 
     def stop(_signum, _frame):
-        delivery_worker.stop()
+        delivery_worker.stop()  # the sender processes are stopped when this is set
+
+    def reload(signum, _frame):
+        templates.request_reload()
+        if senders:
+            senders.forward(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     templates = delivery_worker.deliverer.templates
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: templates.request_reload())
+    signal.signal(signal.SIGHUP, reload)
     templates.start_watching()  # also picks up edited files, without a signal
     if parent_pid:
         watch_parent(delivery_worker, parent_pid)
-    if config.retention is not None:
+    if config.retention is not None and not sender:
         from app.pruning import RetentionKeeper
 
         RetentionKeeper(delivery_worker.store, config.retention, delivery_worker.stopping).start()
+    if senders:
+        senders.start(delivery_worker.stopping)
     delivery_worker.run()
+    if senders:
+        senders.join()
+    if sender:
+        forget_own_metrics()
 
 
 def _print_rows(rows: list[dict], columns: list[str], as_json: bool, empty: str,

@@ -116,6 +116,8 @@ class Config:
     source: str = "defaults"
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     retention: float | None = None  # seconds of history kept; None: forever
+    # Processes `nudge worker` sends from (app/sender_processes.py); None: one per core.
+    delivery_processes: int | None = None
     # Holding emails back (app/holds.py): frequency cap and quiet hours.
     cap_per_user: int = 0
     cap_period: float = 86400.0
@@ -334,6 +336,16 @@ def _positive_int(value: Any) -> int:
 
 def _non_negative_int(value: Any) -> int:
     return 0 if value in (0, "0") else _positive_int(value)
+
+
+def _process_count(value: Any) -> int | None:
+    """A number of processes, or None for `auto` (or 0): one per CPU core."""
+    if value in (0, "0") or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        return _positive_int(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise ValueError(f"expected a whole number >= 1, or auto, got {value!r}") from None
 
 
 def _non_negative_number(value: Any) -> float:
@@ -803,6 +815,11 @@ SETTINGS: tuple[Setting, ...] = (
        "the relay: more connections keep more messages in flight)", "smtp_connections"),
     _d("smtp.rate_limit", 0, _non_negative_number, "messages/second, 0 = no limit",
        "messages per second across all connections (0 = no limit)", "smtp_rate_limit"),
+    _d("delivery.processes", "auto", _process_count, "a whole number >= 1, or auto",
+       "processes `nudge worker` sends from (`auto` or 0: one per CPU core; at most "
+       "`smtp.connections`); `smtp.connections` and `smtp.rate_limit` are totals across them "
+       "([sender processes](#sender-processes))", "delivery_processes",
+       "NUDGE_DELIVERY_PROCESSES"),
     _d("delivery.max_attempts", 8, _positive_int, "a whole number >= 1",
        "transient failures are retried up to this many attempts...", "max_attempts"),
     _d("delivery.max_age", "24h", _positive_duration, "a duration",

@@ -88,9 +88,12 @@ class LeaseKeeper:
 
 
 class DeliveryWorker:
-    def __init__(self, config: Config, *, senders: int | None = None):
+    def __init__(self, config: Config, *, senders: int | None = None, decide: bool = True):
+        """`decide=False`: a sender process (app/sender_processes.py), which only sends; the
+        main worker process decides."""
         self.config = config
         self.senders = senders or config.smtp_connections
+        self.decide = decide
         self.stopping = threading.Event()
         self.store = store_for(config, pool_size=self.senders + 5)
         self.deliverer = Deliverer(config, self.store)
@@ -107,9 +110,10 @@ class DeliveryWorker:
     def run(self) -> None:
         """Run until stop() is called; returns once in-flight messages are finished."""
         target = self.config.smtp_url and redact_url(self.config.smtp_url) or self.config.outbox_dir
-        log.info("delivery worker started: %d sender(s), sending via %s", self.senders, target)
+        log.info("%s started: %d sender(s), sending via %s",
+                 "delivery worker" if self.decide else "sender process", self.senders, target)
         for warning in smtp_warnings(parse_smtp_url(self.config.smtp_url)) \
-                if self.config.smtp_url else []:
+                if self.config.smtp_url and self.decide else []:  # once, not in every process
             log.warning("%s", warning)
         self.threads = [
             threading.Thread(target=self._send_loop, name=f"sender-{n}", daemon=True)
@@ -121,13 +125,15 @@ class DeliveryWorker:
             thread.start()
         decider = threading.Thread(target=self.decider.run, args=(self.stopping, self.new_work.set),
                                    name="decider", daemon=True)
-        decider.start()
+        if self.decide:
+            decider.start()
         keeper = threading.Thread(target=self.leases.run, name="lease-keeper", daemon=True)
         keeper.start()
         try:
             self._dispatch_loop()
         finally:
-            decider.join()
+            if self.decide:
+                decider.join()
             self._drain()
             self.deliverer.outcomes.close()
             self.leases.stopping.set()

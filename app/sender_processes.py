@@ -1,0 +1,229 @@
+"""Sender processes: the send path on every core, not in one Python process.
+
+Rendering, building MIME messages, TLS and the SMTP conversations are Python work under one
+process's GIL, so one process sends only as fast as one core runs it. `nudge worker` sends
+from `delivery.processes` processes (default: one per core): itself, which also decides and
+prunes, and `processes - 1` sender processes it starts (`nudge worker --sender-connections
+K`), each a dispatcher, its sender threads and a lease keeper. They share the queue the way
+replicas do, through the store's claims and leases, so nothing is sent twice and a process
+that dies leaves its claims to the others once their lease runs out.
+
+`smtp.connections` is the total across the processes, split as evenly as possible (never a
+process without a connection: there are at most as many processes as connections).
+`smtp.rate_limit` is the total too: on PostgreSQL every process takes its turn from the rate
+the database shares (as replicas do); on SQLite each process keeps its share of it, in
+proportion to its connections. Each process pauses on a broken setup by itself
+(app/circuit.py), as each replica does.
+
+The main worker supervises its sender processes: one that dies is restarted (one error line,
+then a growing delay), SIGHUP is passed on (templates and rules reload), and stopping sends
+them SIGTERM and waits while they finish their in-flight sends, in parallel with its own.
+They stop by themselves when the main worker is gone (the kernel signals them; they also
+watch their parent's pid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from app.config import Config
+
+log = logging.getLogger("nudge.senders")
+
+# A restarted sender process that runs this long counts as healthy: the next exit waits the
+# shortest delay again. One that dies at start-up every time waits longer each time.
+STABLE_AFTER = 10.0
+FIRST_RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+POLL_INTERVAL = 0.2
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (a container's or taskset's limit included)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def process_count(config: Config, cores: int | None = None) -> int:
+    """How many processes send: `delivery.processes` (None: one per core), at most one per
+    SMTP connection, so that none is left without a connection."""
+    wanted = config.delivery_processes or cores or available_cores()
+    return max(1, min(wanted, config.smtp_connections))
+
+
+def split_connections(total: int, processes: int) -> list[int]:
+    """`total` connections over `processes` processes as evenly as possible, larger shares
+    first (the main worker's); no process gets none."""
+    processes = max(1, min(processes, total))
+    share, extra = divmod(total, processes)
+    return [share + (1 if n < extra else 0) for n in range(processes)]
+
+
+def process_config(config: Config, connections: int) -> Config:
+    """The config one process sends with: its connections and, on SQLite, its part of the
+    rate limit (PostgreSQL shares the whole rate through the database: app/store)."""
+    rate = config.smtp_rate_limit
+    if rate and not config.uses_postgres:
+        rate = rate * connections / config.smtp_connections
+    return dataclasses.replace(config, smtp_connections=connections, smtp_rate_limit=rate)
+
+
+def describe(config: Config, shares: list[int]) -> str:
+    """The start-up line: how many processes send, and with how many connections each."""
+    others = len(shares) - 1
+    text = (f"sending from {len(shares)} process(es): this one with {shares[0]} SMTP "
+            f"connection(s)")
+    if others:
+        each = ", ".join(str(k) for k in shares[1:])
+        text += f" and {others} sender process(es) with {each} ({sum(shares)} in total)"
+    wanted = config.delivery_processes
+    if wanted and wanted > len(shares):
+        text += f"; delivery.processes {wanted} is more than smtp.connections allows"
+    if config.smtp_rate_limit:
+        if config.uses_postgres:
+            text += f"; rate limit {config.smtp_rate_limit:g}/s shared through the database"
+        elif others:
+            parts = ", ".join(f"{process_config(config, k).smtp_rate_limit:g}" for k in shares)
+            text += f"; rate limit {config.smtp_rate_limit:g}/s split {parts}"
+    return text
+
+
+def sender_command(config_path: str | None, parent_pid: int, connections: int) -> list[str]:
+    """`nudge worker` as a sender process, reading the same config file (and, inheriting
+    our environment, the same NUDGE_* variables and secrets files)."""
+    base = [sys.executable, "-m", "app.cli"] + (["--config", config_path] if config_path else [])
+    return base + ["worker", "--parent-pid", str(parent_pid),
+                   "--sender-connections", str(connections)]
+
+
+class SenderProcess:
+    """One sender process and its restarts."""
+
+    def __init__(self, number: int, args: list[str]):
+        from app.server import Child
+
+        self.number = number
+        self.child = Child(f"sender process {number}", args)
+        self.started_at = 0.0
+        self.restart_delay = FIRST_RESTART_DELAY
+        self.restart_at: float | None = None  # when it exited: when to start it again
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.process.pid if self.child.process else None
+
+    def start(self) -> None:
+        self.child.start()
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+
+class SenderProcesses:
+    """The main worker's sender processes: started, restarted, signalled and stopped by one
+    thread, which lives until they have all stopped. (The kernel's parent-death signal goes
+    to a child when the thread that started it ends: this thread ends last.)"""
+
+    def __init__(self, config: Config, config_path: str | None, shares: list[int]):
+        self.config = config
+        parent = os.getpid()
+        self.processes = [SenderProcess(n, sender_command(config_path, parent, connections))
+                          for n, connections in enumerate(shares, start=1)]
+        self._thread: threading.Thread | None = None
+        self._signals: list[signal.Signals] = []
+        self._lock = threading.Lock()
+
+    def start(self, stopping: threading.Event) -> None:
+        """Run them until `stopping` is set; then stop them (see join)."""
+        self._thread = threading.Thread(target=self._run, args=(stopping,),
+                                        name="sender-processes", daemon=True)
+        self._thread.start()
+
+    def forward(self, signum: int) -> None:
+        """Pass a signal (SIGHUP) on to every sender process; safe in a signal handler."""
+        with self._lock:
+            self._signals.append(signal.Signals(signum))
+
+    def join(self) -> None:
+        """Wait until every sender process has finished its in-flight sends and exited."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.child.running()]
+
+    def _run(self, stopping: threading.Event) -> None:
+        for process in self.processes:
+            process.start()
+        while not stopping.wait(POLL_INTERVAL):
+            self._pass_signals()
+            for process in self.processes:
+                self._look_after(process)
+        self._stop_all()
+
+    def _pass_signals(self) -> None:
+        with self._lock:
+            signals, self._signals = self._signals, []
+        for signum in signals:
+            for process in self.processes:
+                if process.child.running():
+                    process.child.process.send_signal(signum)
+
+    def _look_after(self, process: SenderProcess) -> None:
+        if process.child.running():
+            return
+        now = time.monotonic()
+        if process.restart_at is None:
+            code = process.child.process.returncode
+            if now - process.started_at >= STABLE_AFTER:
+                process.restart_delay = FIRST_RESTART_DELAY
+            log.error("sender process %d (pid %d) exited with code %s; restarting it in %.0fs "
+                      "(its claimed deliveries go back to the queue when their lease runs out)",
+                      process.number, process.pid, code, process.restart_delay)
+            _forget_metrics_of(process.pid)
+            process.restart_at = now + process.restart_delay
+            process.restart_delay = min(process.restart_delay * 2, MAX_RESTART_DELAY)
+        elif now >= process.restart_at:
+            process.start()
+
+    def _stop_all(self) -> None:
+        """SIGTERM: each finishes the sends it has started, as the main worker does meanwhile;
+        whoever is not done when `nudge serve` would kill us (worker_drain_seconds) is killed."""
+        from app.server import SUPERVISOR_MARGIN, worker_drain_seconds
+
+        deadline = time.monotonic() + worker_drain_seconds(self.config) - SUPERVISOR_MARGIN / 2
+        for process in self.processes:
+            process.child.signal_stop()
+        for process in self.processes:
+            if process.child.process is not None and process.restart_at is None:
+                code = process.child.wait_stopped(deadline)
+                if code not in (0, None):
+                    log.warning("sender process %d (pid %d) stopped with code %s",
+                                process.number, process.pid, code)
+                _forget_metrics_of(process.pid)
+
+
+def _forget_metrics_of(pid: int | None) -> None:
+    """A dead process's live gauges must not count any more (its counters must: they add
+    up), as `nudge serve` does for the worker."""
+    if pid is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import multiprocess
+
+    try:
+        multiprocess.mark_process_dead(pid)
+    except OSError as exc:
+        log.warning("could not remove the metrics files of process %d: %s", pid, exc)
+
+
+def forget_own_metrics() -> None:
+    """A sender process that stops on its own (its parent is gone) removes its live gauges:
+    no one else knows its pid any more."""
+    _forget_metrics_of(os.getpid())
