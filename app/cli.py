@@ -127,6 +127,7 @@ def worker(ctx: Context, parent_pid: int | None, sender_connections: int | None)
         process_config,
         process_count,
         split_connections,
+        stop_with_parent,
     )
     from app.server import configure_logging
     from app.worker import DeliveryWorker, watch_parent
@@ -162,6 +163,8 @@ def worker(ctx: Context, parent_pid: int | None, sender_connections: int | None)
     templates = delivery_worker.deliverer.templates
     signal.signal(signal.SIGHUP, reload)
     templates.start_watching()  # also picks up edited files, without a signal
+    if sender:
+        stop_with_parent()
     if parent_pid:
         watch_parent(delivery_worker, parent_pid)
     if config.retention is not None and not sender:

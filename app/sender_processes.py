@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -105,25 +106,47 @@ def sender_command(config_path: str | None, parent_pid: int, connections: int) -
 
 
 class SenderProcess:
-    """One sender process and its restarts."""
+    """One sender process and its restarts.
+
+    Started without `preexec_fn` (unlike `nudge serve`'s children): the worker runs threads,
+    and Python code between fork and exec can deadlock on a lock one of them held. The
+    sender process asks for the parent-death signal itself (stop_with_parent)."""
 
     def __init__(self, number: int, args: list[str]):
-        from app.server import Child
-
         self.number = number
-        self.child = Child(f"sender process {number}", args)
+        self.args = args
+        self.process: subprocess.Popen | None = None
         self.started_at = 0.0
         self.restart_delay = FIRST_RESTART_DELAY
         self.restart_at: float | None = None  # when it exited: when to start it again
 
     @property
     def pid(self) -> int | None:
-        return self.child.process.pid if self.child.process else None
+        return self.process.pid if self.process else None
 
     def start(self) -> None:
-        self.child.start()
+        self.process = subprocess.Popen(self.args)
         self.started_at = time.monotonic()
         self.restart_at = None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def send_signal(self, signum: int) -> None:
+        if self.running():
+            self.process.send_signal(signum)
+
+    def wait_stopped(self, deadline: float) -> int | None:
+        """Wait until `deadline` (time.monotonic()) for it to exit, then kill it."""
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("sender process %d (pid %d) did not stop in time; killing it",
+                      self.number, self.pid)
+            self.process.kill()
+            return self.process.wait()
 
 
 class SenderProcesses:
@@ -157,7 +180,7 @@ class SenderProcesses:
             self._thread.join()
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.child.running()]
+        return [p.pid for p in self.processes if p.running()]
 
     def _run(self, stopping: threading.Event) -> None:
         for process in self.processes:
@@ -173,15 +196,14 @@ class SenderProcesses:
             signals, self._signals = self._signals, []
         for signum in signals:
             for process in self.processes:
-                if process.child.running():
-                    process.child.process.send_signal(signum)
+                process.send_signal(signum)
 
     def _look_after(self, process: SenderProcess) -> None:
-        if process.child.running():
+        if process.running():
             return
         now = time.monotonic()
         if process.restart_at is None:
-            code = process.child.process.returncode
+            code = process.process.returncode
             if now - process.started_at >= STABLE_AFTER:
                 process.restart_delay = FIRST_RESTART_DELAY
             log.error("sender process %d (pid %d) exited with code %s; restarting it in %.0fs "
@@ -200,10 +222,10 @@ class SenderProcesses:
 
         deadline = time.monotonic() + worker_drain_seconds(self.config) - SUPERVISOR_MARGIN / 2
         for process in self.processes:
-            process.child.signal_stop()
+            process.send_signal(signal.SIGTERM)
         for process in self.processes:
-            if process.child.process is not None and process.restart_at is None:
-                code = process.child.wait_stopped(deadline)
+            if process.process is not None and process.restart_at is None:
+                code = process.wait_stopped(deadline)
                 if code not in (0, None):
                     log.warning("sender process %d (pid %d) stopped with code %s",
                                 process.number, process.pid, code)
@@ -221,6 +243,21 @@ def _forget_metrics_of(pid: int | None) -> None:
         multiprocess.mark_process_dead(pid)
     except OSError as exc:
         log.warning("could not remove the metrics files of process %d: %s", pid, exc)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> None:
+    """In a sender process: get SIGTERM (and so finish the sends in flight) when the main
+    worker is gone, even after SIGKILL. watch_parent covers a parent gone before this call,
+    and systems without prctl."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def forget_own_metrics() -> None:

@@ -4,6 +4,7 @@ version in use, and the log, /-/ready and a metric say what is wrong."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 from email import message_from_bytes, policy
@@ -14,6 +15,7 @@ import requests
 from prometheus_client import REGISTRY
 
 from app.config import load_config
+from app.sender_processes import process_count
 from app.template_set import TemplateSet
 from tests.conftest import ROOT, TOKEN, load_fixture
 from tests.processes import NudgeProcess, wait_until
@@ -92,27 +94,44 @@ def subjects(outbox: Path) -> dict[str, str]:
     return found
 
 
+def logged_by_every_worker_process(service: NudgeProcess, since: int, pattern: str,
+                                   processes: int) -> bool:
+    """Each process the worker sends from (delivery.processes) watches the files on its own:
+    whichever sends next must have reloaded."""
+    return len(set(re.findall(rf"\[(\d+)\] \w+ nudge\.templates: {pattern}",
+                              service.output[since:]))) == processes
+
+
 def test_nudge_serve_reloads_on_change_and_on_sighup(files, config_data):
     outbox = Path(config_data["delivery"]["outbox_dir"])
     subject = files / "templates" / "onboarding_first_call" / "subject.txt"
+    processes = process_count(load_config(data=config_data, environ={}))
     service = NudgeProcess(files, config_data).start()
     try:
         post(service.url, "u1")
         wait_until(lambda: "u1@example.com" in subjects(outbox), message="first email")
         assert subjects(outbox)["u1@example.com"] == "Make your first call to Acme API"
+        # Every worker process has looked at the files as they were (not at the edit below).
+        wait_until(lambda: logged_by_every_worker_process(
+            service, 0, r"templates and rules checked \(start\)", processes),
+            timeout=15, message="the first look at the files")
 
         # A file change is picked up by itself...
+        since = len(service.output)
         subject.write_text("Your API key is waiting\n")
-        wait_until(lambda: "reloaded (files changed)" in service.output, timeout=15,
-                   message="reload after the edit")
+        wait_until(lambda: logged_by_every_worker_process(
+            service, since, r"templates and rules reloaded \(files changed\)", processes),
+            timeout=15, message="reload after the edit")
         post(service.url, "u2")
         wait_until(lambda: "u2@example.com" in subjects(outbox), message="second email")
         assert subjects(outbox)["u2@example.com"] == "Your API key is waiting"
 
         # ...a broken edit is reported and the last good version stays in use...
+        since = len(service.output)
         subject.write_text("Your API key is {{ waiting\n")
-        wait_until(lambda: "still" in service.output or "keep using" in service.output,
-                   timeout=15, message="the broken edit reported")
+        wait_until(lambda: logged_by_every_worker_process(
+            service, since, r"templates/rules changed .* emails keep using", processes),
+            timeout=15, message="the broken edit reported")
         assert "onboarding_first_call/subject.txt line 1" in service.output
         ready = requests.get(service.url + "/-/ready", timeout=10)
         assert ready.status_code == 200
@@ -125,11 +144,12 @@ def test_nudge_serve_reloads_on_change_and_on_sighup(files, config_data):
 
         # ...and SIGHUP reloads at once (here: the fixed file, with the watcher's own look
         # perhaps not due yet).
+        since = len(service.output)
         subject.write_text("Make that first call\n")
         service.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: "reloaded (SIGHUP)" in service.output
-                   or service.output.count("reloaded (files changed)") > 1,
-                   timeout=15, message="reload on SIGHUP")
+        wait_until(lambda: logged_by_every_worker_process(
+            service, since, r"templates and rules reloaded \((SIGHUP|files changed)\)",
+            processes), timeout=15, message="reload on SIGHUP")
         post(service.url, "u4")
         wait_until(lambda: "u4@example.com" in subjects(outbox), message="fourth email")
         assert subjects(outbox)["u4@example.com"] == "Make that first call"
