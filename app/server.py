@@ -171,7 +171,9 @@ class Child:
 # finish the requests they are answering (gunicorn's graceful timeout). The worker finishes
 # the messages it is sending: one per sender thread, in parallel, each at worst a directory
 # lookup that uses its whole budget plus every SMTP command of the conversation timing out
-# once. Only after that is anything killed. A container's stop grace period
+# once. The worker's sender processes (app/sender_processes.py) get SIGTERM from it at once
+# and drain in parallel, with the same worst case, so they add no time. Only after that is
+# anything killed. A container's stop grace period
 # (docker-compose `stop_grace_period`, `docker stop -t`) must be longer than
 # `shutdown_seconds`, or the container runtime SIGKILLs sends in flight:
 # tests/test_shutdown.py compares the shipped ones with deploy/nudge.yml.

@@ -140,7 +140,7 @@ class DeliveryWorker:
             keeper.join()
             self.store.close_all()
             self.deliverer.close()
-            log.info("delivery worker stopped")
+            log.info("%s stopped", "delivery worker" if self.decide else "sender process")
 
     def stop(self) -> None:
         self.stopping.set()
