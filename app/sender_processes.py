@@ -179,12 +179,9 @@ class SenderProcesses:
         if self._thread is not None:
             self._thread.join()
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.running()]
-
     def _run(self, stopping: threading.Event) -> None:
         for process in self.processes:
-            process.start()
+            self._start(process)
         while not stopping.wait(POLL_INTERVAL):
             self._pass_signals()
             for process in self.processes:
@@ -213,7 +210,16 @@ class SenderProcesses:
             process.restart_at = now + process.restart_delay
             process.restart_delay = min(process.restart_delay * 2, MAX_RESTART_DELAY)
         elif now >= process.restart_at:
+            self._start(process)
+
+    def _start(self, process: SenderProcess) -> None:
+        try:
             process.start()
+        except OSError as exc:  # no memory or processes left: try again later, keep sending
+            log.error("cannot start sender process %d: %s; trying again in %.0fs",
+                      process.number, exc, process.restart_delay)
+            process.restart_at = time.monotonic() + process.restart_delay
+            process.restart_delay = min(process.restart_delay * 2, MAX_RESTART_DELAY)
 
     def _stop_all(self) -> None:
         """SIGTERM: each finishes the sends it has started, as the main worker does meanwhile;

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from app.config import ConfigError, load_config
-from app.sender_processes import process_config, process_count, split_connections
+from app.sender_processes import describe, process_config, process_count, split_connections
 from app.store import SENDING, SENT, open_store
 from tests.conftest import TOKEN
 from tests.processes import NudgeProcess, wait_until
@@ -124,6 +124,16 @@ def test_processes_default_to_one_per_core_capped_at_the_connections(config_data
         is None
     assert load_config(environ={"NUDGE_DELIVERY_PROCESSES": "5"},
                        data=config_data).delivery_processes == 5
+
+
+def test_the_start_up_line_says_how_connections_and_rate_are_split(config_data):
+    config = load_config(data={**config_data, "smtp": {"connections": 3, "rate_limit": 6},
+                               "delivery": {"processes": 8}})
+    shares = split_connections(3, process_count(config))
+    assert describe(config, shares) == (
+        "sending from 3 process(es): this one with 1 SMTP connection(s) and 2 sender "
+        "process(es) with 1, 1 (3 in total); delivery.processes 8 is more than "
+        "smtp.connections allows; rate limit 6/s split 2, 2, 2")
 
 
 def test_a_bad_process_count_is_one_clear_line(config_data):
