@@ -291,3 +291,24 @@ def test_two_processes_keep_the_total_rate_limit(tmp_path, config_data):
     # One token each to start with, then `rate` per second in all: two processes each
     # keeping the whole rate would take half as long.
     assert times[-1] - times[0] >= 0.9 * (emails - 2) / rate
+
+
+def test_sender_processes_stop_when_their_worker_is_killed(tmp_path, config_data):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    worker = NudgeProcess(tmp_path, {**config_data, "delivery": {
+        **config_data["delivery"], "processes": 2}}, command=("worker",),
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}).start()
+    try:
+        (sender,) = wait_until(lambda: sender_pids(worker.process.pid), message="a sender process")
+        wait_until(lambda: "sender process started" in worker.output, message="it started")
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(5)
+        wait_until(lambda: not worker.group_alive(), timeout=10,
+                   message="the sender process stopping after its worker")
+    finally:
+        worker.kill_group()
+    assert f"[{sender}] INFO nudge.worker: sender process stopped" in worker.output
+    # Nobody is left to clean up after it: it removed its live gauges itself.
+    assert not [name for name in os.listdir(metrics_dir)
+                if name.startswith("gauge_live") and name.endswith(f"_{sender}.db")]
