@@ -139,6 +139,7 @@ class DeliveryWorker:
     def stop(self) -> None:
         self.stopping.set()
         self.new_work.set()
+        self.deliverer.relay_throttle.stop()
 
     def _dispatch_loop(self) -> None:
         watcher = None
@@ -219,8 +220,13 @@ class DeliveryWorker:
 
     def _send_loop(self) -> None:
         transport = self.new_transport()
+        throttle = self.deliverer.relay_throttle
+        throttle.take_seat()
         try:
             while True:
+                # While the relay makes the pool send on fewer connections, a sender beyond
+                # them closes its connection and takes no work (app/relay_throttle.py).
+                throttle.park(lambda idle=transport: _close_quietly(idle))
                 item = self.work.get()
                 if item is None:
                     return
