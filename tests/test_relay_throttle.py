@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app import create_app
+from app.config import ConfigError
 from app.relay_throttle import Pace, RelayThrottle
 from app.transports import SmtpTransport, TransportError
 from tests.processes import wait_until
@@ -109,6 +110,17 @@ def test_one_connection_is_never_parked():
     pace.throttled(pace.episode, now=0.0)
     assert pace.allowed == 1 and pace.may_send(0)
     assert pace.succeeded(pace.episode) is True  # one send through: back to full speed
+
+
+def test_the_throttle_settings_are_read_and_checked(config_data):
+    config = build_config(config_data, smtp={"throttle_backoff": "2s",
+                                             "throttle_max_backoff": "10m"})
+    assert (config.smtp_throttle_backoff, config.smtp_throttle_max_backoff) == (2.0, 600.0)
+    with pytest.raises(ConfigError) as caught:
+        build_config(config_data, smtp={"throttle_backoff": "10m", "throttle_max_backoff": "1m"})
+    assert caught.value.problems == [
+        "defaults: smtp.throttle_max_backoff: must be at least smtp.throttle_backoff (600s), "
+        "got 60s"]
 
 
 # -- the shared throttle, across threads ----------------------------------------------------
