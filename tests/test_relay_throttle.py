@@ -191,6 +191,8 @@ def test_a_sender_beyond_the_allowed_connections_closes_its_connection_and_waits
         ("DATA", 451, "4.7.1 Rate limit exceeded", True),
         ("MAIL", 454, "4.7.0 Throttling failure: Maximum sending rate exceeded", True),
         ("RCPT", 421, "4.7.0 Try again later, closing connection", True),
+        # on a fresh connection, an (unsolicited) 421 read as the reply to MAIL is no idle drop
+        ("MAIL", 421, "4.7.0 Too many messages, closing connection", True),
         # A message's or mailbox's own temporary trouble: that message retries, counted.
         ("RCPT", 450, "4.2.1 mailbox busy", False),
         ("MAIL", 451, "4.3.0 try again later", False),
