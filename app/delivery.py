@@ -223,7 +223,7 @@ class Deliverer:
             transport.send(message)
         except TransportError as exc:
             if exc.throttled:
-                return self._throttled(delivery, turn, exc, where)
+                return self._throttled(delivery, turn, exc, where, choice.address)
             if exc.setup:
                 return self._pause(delivery, exc.setup, str(exc), where)
             if exc.permanent:
@@ -358,10 +358,14 @@ class Deliverer:
         self.outcomes.record(Outcome(delivery, status, **fields))
         return status
 
-    def _throttled(self, delivery: Delivery, turn: Turn, exc: TransportError, where: str) -> str:
+    def _throttled(self, delivery: Delivery, turn: Turn, exc: TransportError, where: str,
+                   recipient: str) -> str:
         """The relay asks to slow down: the whole pool pauses (app/relay_throttle.py); this
-        delivery goes back to the queue, its attempt not counted, due when the pause ends."""
-        wait = self.relay_throttle.throttled(turn, str(exc), exc.retry_after)
+        delivery goes back to the queue, its attempt not counted, due when the pause ends.
+        Unless the relay keeps deferring this one alone: then it is its own failure."""
+        wait = self.relay_throttle.throttled(turn, str(exc), exc.retry_after, delivery.id)
+        if wait is None:
+            return self._retry(delivery, str(exc), where, recipient)
         log.debug("%s not sent, the relay asks to slow down; it stays queued (%s)", where, exc)
         now = time.time()
         self.store.release(delivery, now, retry_at=now + wait)

@@ -18,6 +18,12 @@ Back at the full number of connections after a full round of sends, the backoff 
 from its first value. Replies to sends that started before the latest slow-down belong to it:
 they neither slow the pool down again nor count towards climbing back.
 
+One message the relay keeps deferring with such a reply while it takes the others (a policy
+about that recipient, not our pace) must not hold everyone at the slowest pace forever: once
+it has been throttled `ALONE_LIMIT` more times with other messages going through in between,
+its throttling is its own transient failure, counted and retried like any other
+(`SingledOut`).
+
 `Pace` is the policy over plain data and an explicit clock (no locks, no I/O); `RelayThrottle`
 shares one among a worker's sender threads, logs the two transitions (slowed down, back to
 full speed) and exports them as metrics.
@@ -28,10 +34,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("nudge.throttle")
+
+# Throttled again this many times, each time after other messages went through: the relay
+# defers this message, not our pace.
+ALONE_LIMIT = 3
 
 
 @dataclass
@@ -92,6 +103,30 @@ class Pace:
         return True
 
 
+class SingledOut:
+    """Which messages the relay throttles while it lets others through (plain data, no I/O)."""
+
+    def __init__(self, limit: int = ALONE_LIMIT, remember: int = 10_000) -> None:
+        self.limit = limit
+        self.remember = remember
+        self.went_through = 0  # sends not throttled, ever
+        # delivery id -> (times throttled with others sent in between, went_through then)
+        self._seen: OrderedDict[int, tuple[int, int]] = OrderedDict()
+
+    def sent(self) -> None:
+        self.went_through += 1
+
+    def throttled(self, delivery_id: int) -> bool:
+        """This delivery was throttled: True when it is singled out (its own failure)."""
+        strikes, then = self._seen.pop(delivery_id, (0, None))
+        if then is not None and self.went_through > then:
+            strikes += 1
+        self._seen[delivery_id] = (strikes, self.went_through)
+        while len(self._seen) > self.remember:
+            self._seen.popitem(last=False)  # the oldest: long sent, or given up
+        return strikes >= self.limit
+
+
 @dataclass
 class Turn:
     """One sender's permission to send, for telling the throttle how the send went."""
@@ -110,6 +145,7 @@ class RelayThrottle:
     def __init__(self, connections: int, first_backoff: float = 1.0,
                  max_backoff: float = 300.0, clock: Callable[[], float] = time.monotonic):
         self._pace = Pace(connections, first_backoff, max_backoff)
+        self._singled_out = SingledOut()
         self._clock = clock
         self._changed = threading.Condition()
         self._seats: dict[int, int] = {}  # thread ident -> seat
@@ -153,12 +189,16 @@ class RelayThrottle:
                 self._changed.wait(left)
             return None
 
-    def throttled(self, turn: Turn, detail: str, hint: float | None = None) -> float:
+    def throttled(self, turn: Turn, detail: str, hint: float | None = None,
+                  delivery_id: int | None = None) -> float | None:
         """The relay asked to slow down in reply to `turn`'s send; returns the seconds until
-        the pool sends again (when the message is due)."""
+        the pool sends again (when the message is due), or None when the relay singles this
+        delivery out (the pool goes on: retry it as its own transient failure)."""
         turn.throttled = True
         self._throttled_counter.inc()
         with self._changed:
+            if delivery_id is not None and self._singled_out.throttled(delivery_id):
+                return None
             now = self._clock()
             slowed = self._pace.throttled(turn.episode, now, hint)
             allowed, backoff, left = self._pace.allowed, self._pace.backoff, \
@@ -178,6 +218,7 @@ class RelayThrottle:
         if turn.throttled:
             return
         with self._changed:
+            self._singled_out.sent()
             if self._pace.full_speed:
                 return  # the common case: nothing to climb back to
             before = self._pace.allowed

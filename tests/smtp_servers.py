@@ -14,6 +14,7 @@ Every server runs its event loop in a background thread; `.messages`, `.connecti
 - DroppingServer: closes the connection at connect, MAIL, RCPT or END_OF_DATA (after the
   message body arrived, before the reply), optionally only N times and after skipping M.
 - SlowServer: waits a fixed time before handling every SMTP command.
+- DeferringServer: answers a given reply at DATA for one recipient, always; takes the others.
 - BusyServer: a relay limiting concurrent connections: while more than `max_sessions` are
   open, it answers `421 4.7.0 Too many connections...` instead of the greeting (and closes),
   or a given reply (`454 4.7.0 ...`) at MAIL.
@@ -432,6 +433,29 @@ class BusyServer(RecordingServer):
                     or len(self._state.open_sessions) <= self.max_sessions:
                 return None
             self._refused += 1
+        return self.reply
+
+
+class DeferringServer(RecordingServer):
+    """Answers `reply` at DATA whenever the message is for `recipient`; accepts the others."""
+
+    def __init__(self, recipient: str, reply: str = "451 4.7.1 Deferred by policy",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recipient = recipient
+        self.reply = reply
+        self._deferred = 0
+
+    @property
+    def deferred(self) -> int:
+        with self._changed:
+            return self._deferred
+
+    async def _intercept(self, stage: str, protocol: "_Protocol") -> str | None:
+        if stage != "DATA" or self.recipient not in protocol.envelope.rcpt_tos:
+            return None
+        with self._changed:
+            self._deferred += 1
         return self.reply
 
 

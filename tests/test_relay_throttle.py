@@ -16,10 +16,10 @@ from prometheus_client import REGISTRY
 
 from app import create_app
 from app.config import ConfigError
-from app.relay_throttle import Pace, RelayThrottle
+from app.relay_throttle import ALONE_LIMIT, Pace, RelayThrottle, SingledOut
 from app.transports import SmtpTransport, TransportError
 from tests.processes import wait_until
-from tests.smtp_servers import BusyServer, RecordingServer, RejectingServer
+from tests.smtp_servers import BusyServer, DeferringServer, RecordingServer, RejectingServer
 from tests.test_delivery import (
     RunningWorker,
     build_config,
@@ -121,6 +121,29 @@ def test_the_throttle_settings_are_read_and_checked(config_data):
     assert caught.value.problems == [
         "defaults: smtp.throttle_max_backoff: must be at least smtp.throttle_backoff (600s), "
         "got 60s"]
+
+
+def test_a_message_throttled_again_and_again_while_others_go_through_is_singled_out():
+    singled_out = SingledOut(limit=3)
+    # The relay throttles everyone: nothing went through in between, nobody is singled out.
+    assert [singled_out.throttled(7) for _ in range(10)] == [False] * 10
+    # Delivery 7 is throttled again each time after other messages went through.
+    verdicts = []
+    for _ in range(4):
+        singled_out.sent()
+        verdicts.append(singled_out.throttled(7))
+    assert verdicts == [False, False, True, True]
+    singled_out.sent()
+    assert singled_out.throttled(8) is False  # another delivery starts with a clean slate
+
+
+def test_what_is_singled_out_is_remembered_within_bounds():
+    singled_out = SingledOut(limit=1, remember=2)
+    for delivery_id in (1, 2, 3):
+        singled_out.throttled(delivery_id)
+    singled_out.sent()
+    assert singled_out.throttled(1) is False  # forgotten: the oldest of three
+    assert singled_out.throttled(3) is True
 
 
 # -- the shared throttle, across threads ----------------------------------------------------
@@ -368,6 +391,34 @@ def test_an_ordinary_temporary_failure_still_counts_an_attempt(config_data):
     assert outcomes(config, 1) == ["retry", "sent"]
     assert throttled_total() == before
     assert connections_allowed() == 10  # smtp.connections: never slowed down
+
+
+def test_one_message_the_relay_keeps_deferring_does_not_hold_everyone_back(config_data):
+    with DeferringServer("u0@example.com", "451 4.7.1 Deferred by policy", latency=0.005) \
+            as relay:
+        config = build_config(config_data, smtp={
+            "url": relay.url, "connections": 2, "throttle_backoff": "0.05s"},
+            delivery={"max_attempts": 2, "retry_backoff": "0.05s"})
+        client = create_app(config).test_client()
+        queue_users(config, ["u0"], client)
+        users = ["u0"]
+        with RunningWorker(config):
+            # Other emails keep coming, and the relay takes them all.
+            deadline = time.monotonic() + 20
+            while deliveries(config)[0]["status"] != "dead" and time.monotonic() < deadline:
+                batch = [f"u{n}" for n in range(len(users), len(users) + 3)]
+                queue_users(config, batch, client)
+                users += batch
+                time.sleep(0.2)
+            rows = wait_settled(config, len(users))
+            wait_until(lambda: connections_allowed() == 2, timeout=10, message="full speed")
+    statuses = {row["user_id"]: row["status"] for row in rows}
+    assert statuses == {"u0": "dead", **{u: "sent" for u in users[1:]}}
+    # Throttled uncounted until singled out, then two counted attempts.
+    assert outcomes(config, 1) == ["retry", "dead"]
+    assert relay.deferred >= ALONE_LIMIT + 2
+    assert sorted(m.rcpt_tos[0] for m in relay.messages) == sorted(
+        f"{u}@example.com" for u in users[1:])
 
 
 def test_stopping_during_a_long_pause_is_prompt_and_loses_nothing(config_data):
