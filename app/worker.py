@@ -228,10 +228,6 @@ class DeliveryWorker:
                 # them closes its connection and takes no work (app/relay_throttle.py); an
                 # idle one looks again every second.
                 throttle.park(lambda idle=transport: _close_quietly(idle))
-                # While the relay makes the pool send on fewer connections, a sender beyond
-                # them closes its connection and takes no work (app/relay_throttle.py); an
-                # idle one looks again every second.
-                throttle.park(lambda idle=transport: _close_quietly(idle))
                 try:
                     item = self.work.get(timeout=MAX_IDLE_SLEEP)
                 except queue.Empty:
