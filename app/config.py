@@ -125,6 +125,9 @@ class Config:
     quiet_window: Any = None  # app.holds.QuietWindow | None
     timezone_field: str = "timezone"
     default_timezone: str = "UTC"
+    # Slowing down when the relay asks (app/relay_throttle.py).
+    smtp_throttle_backoff: float = 1.0
+    smtp_throttle_max_backoff: float = 300.0
     # Where each key was written, for messages about it (app/config_locations.py).
     locations: KeyLocations = field(default=None, repr=False, compare=False)  # type: ignore
 
@@ -820,6 +823,12 @@ SETTINGS: tuple[Setting, ...] = (
        "`smtp.connections`); `smtp.connections` and `smtp.rate_limit` are totals across them "
        "([sender processes](#sender-processes))", "delivery_processes",
        "NUDGE_DELIVERY_PROCESSES"),
+    _d("smtp.throttle_backoff", "1s", _positive_duration, "a duration",
+       "when the relay asks to slow down (421, 451 4.7.x, 454), every connection pauses this "
+       "long, doubling while it keeps asking ([throttling](#when-the-relay-asks-to-slow-down))",
+       "smtp_throttle_backoff"),
+    _d("smtp.throttle_max_backoff", "5m", _positive_duration, "a duration",
+       "cap on that pause (and on a wait the relay's reply asks for)", "smtp_throttle_max_backoff"),
     _d("delivery.max_attempts", 8, _positive_int, "a whole number >= 1",
        "transient failures are retried up to this many attempts...", "max_attempts"),
     _d("delivery.max_age", "24h", _positive_duration, "a duration",
@@ -922,6 +931,10 @@ def _build(tree: dict, source: str, problems: list[str], environ: Mapping[str, s
         problems.append(f"{source}: directory.cache_ttl_max: must be at least "
                         f"directory.cache_ttl_min ({values['directory.cache_ttl_min']:g}s), "
                         f"got {values['directory.cache_ttl_max']:g}s")
+    if values["smtp.throttle_backoff"] > values["smtp.throttle_max_backoff"]:
+        problems.append(f"{source}: smtp.throttle_max_backoff: must be at least "
+                        f"smtp.throttle_backoff ({values['smtp.throttle_backoff']:g}s), "
+                        f"got {values['smtp.throttle_max_backoff']:g}s")
     _check_lease(values, source, problems)
     alerts = tree.get("alerts")
     return Config(

@@ -37,6 +37,7 @@ from app.holding import HoldStep
 from app.messages import message_id_for
 from app.outcomes import BackgroundOutcomes, ImmediateOutcomes
 from app.recipients import choose_recipient, record_sources_by_address
+from app.relay_throttle import RelayThrottle, Turn
 from app.rendering import TemplateError
 from app.store import (
     DEAD,
@@ -120,6 +121,9 @@ class Deliverer:
         self.holds = HoldStep(config, store)
         # Written before deliver() returns, unless the worker writes them in the background.
         self.outcomes: ImmediateOutcomes | BackgroundOutcomes = ImmediateOutcomes(store)
+        # Slows every sender down when the relay asks (app/relay_throttle.py).
+        self.relay_throttle = RelayThrottle(config.smtp_connections, config.smtp_throttle_backoff,
+                                            config.smtp_throttle_max_backoff)
 
     def close(self) -> None:
         self.templates.close()
@@ -203,6 +207,9 @@ class Deliverer:
                               choice.address)
 
         self.rate_limiter.acquire()
+        turn = self.relay_throttle.wait_turn()  # the relay asked the pool to slow down
+        if turn is None:
+            return self._give_back(delivery, where)
         if still_claimed is None:
             def still_claimed():
                 return delivery.lease_until is None or time.time() < delivery.lease_until
@@ -215,6 +222,8 @@ class Deliverer:
         try:
             transport.send(message)
         except TransportError as exc:
+            if exc.throttled:
+                return self._throttled(delivery, turn, exc, where, choice.address)
             if exc.setup:
                 return self._pause(delivery, exc.setup, str(exc), where)
             if exc.permanent:
@@ -224,6 +233,7 @@ class Deliverer:
             return self._retry(delivery, str(exc), where, choice.address)
         finally:
             metrics.SEND_DURATION.observe(time.perf_counter() - started)
+            self.relay_throttle.finished(turn)
         try:
             self.gate.worked(SMTP)
             metrics.EMAILS_SENT.labels(delivery.template).inc()
@@ -347,3 +357,23 @@ class Deliverer:
         # database takes (app/outcomes.py).
         self.outcomes.record(Outcome(delivery, status, **fields))
         return status
+
+    def _throttled(self, delivery: Delivery, turn: Turn, exc: TransportError, where: str,
+                   recipient: str) -> str:
+        """The relay asks to slow down: the whole pool pauses (app/relay_throttle.py); this
+        delivery goes back to the queue, its attempt not counted, due when the pause ends.
+        Unless the relay keeps deferring this one alone: then it is its own failure."""
+        wait = self.relay_throttle.throttled(turn, str(exc), exc.retry_after, delivery.id)
+        if wait is None:
+            return self._retry(delivery, str(exc), where, recipient)
+        log.debug("%s not sent, the relay asks to slow down; it stays queued (%s)", where, exc)
+        now = time.time()
+        self.store.release(delivery, now, retry_at=now + wait)
+        return QUEUED
+
+    def _give_back(self, delivery: Delivery, where: str) -> str:
+        """Not sent after all (stopping, or this sender is beyond the connections the relay's
+        throttling allows now): back to the queue untouched, for another sender."""
+        log.debug("%s given back unsent: this sender may not send now", where)
+        self.store.release(delivery, time.time())
+        return QUEUED

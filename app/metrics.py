@@ -170,3 +170,16 @@ TEMPLATE_RELOADS = Counter(
     "Loads of the templates and rules after a change or SIGHUP, by result (success, failure)",
     ["result"],
 )
+# The relay asking to slow down (app/relay_throttle.py): replies, and how many connections
+# may send meanwhile (smtp.connections at full speed). Set by the delivery worker only.
+SMTP_THROTTLED = Counter(
+    "nudge_smtp_throttled_replies",
+    "SMTP replies asking to slow down (421, 451 4.7.x, 454): the whole pool paused, the "
+    "message stayed queued without an attempt counted",
+)
+SMTP_CONNECTIONS_ALLOWED = Gauge(
+    "nudge_smtp_connections_allowed",
+    "SMTP connections allowed to send now: smtp.connections at full speed, fewer while the "
+    "relay asks to slow down",
+    multiprocess_mode="livemax",
+)

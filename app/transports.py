@@ -31,12 +31,18 @@ class TransportError(Exception):
     """A message could not be handed over; `permanent` means retrying cannot help.
 
     `setup` names a failure of the setup, not of this message or its recipient (the relay
-    refuses our sender or login, TLS cannot be had): sending pauses until it works again."""
+    refuses our sender or login, TLS cannot be had): sending pauses until it works again.
+    `throttled`: the relay asks us to slow down (421, 451 4.7.x, 454): nobody's fault, the
+    whole pool slows down (app/relay_throttle.py); `retry_after` is the seconds its reply
+    suggested waiting, if it said."""
 
-    def __init__(self, message: str, *, permanent: bool, setup: str | None = None) -> None:
+    def __init__(self, message: str, *, permanent: bool, setup: str | None = None,
+                 throttled: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.setup = setup
+        self.throttled = throttled
+        self.retry_after = retry_after
 
 
 class Transport(Protocol):
@@ -369,7 +375,7 @@ class SmtpTransport:
             setup = SENDER_REJECTED
         return TransportError(
             f"SMTP {code} from {self._where}: {text}{hint}", permanent=permanent and not setup,
-            setup=setup,
+            setup=setup, **_throttling(code, text),
         )
 
     def _connect_failure(self, exc: BaseException, stage: str = "connect") -> TransportError:
@@ -380,6 +386,7 @@ class SmtpTransport:
             return TransportError(
                 f"SMTP authentication failed at {self._where}: {code} {text}", permanent=False,
                 setup=AUTH_FAILED if code is not None and 500 <= code < 600 else None,
+                **_throttling(code, text),
             )
         if isinstance(exc, smtplib.SMTPNotSupportedError) and stage == "starttls":
             return TransportError(
@@ -392,7 +399,9 @@ class SmtpTransport:
                                   permanent=False, setup=AUTH_FAILED)
         code, text = _smtp_reply(exc)
         if code is not None:
-            return TransportError(f"SMTP {code} from {self._where}: {text}", permanent=False)
+            # A 421 greeting ("too many connections") is the relay asking us to slow down.
+            return TransportError(f"SMTP {code} from {self._where}: {text}", permanent=False,
+                                  **_throttling(code, text))
         if isinstance(exc, ssl.SSLCertVerificationError):
             return TransportError(
                 f"TLS certificate of {self._where} not trusted: {exc.verify_message} (to trust "
@@ -432,6 +441,24 @@ def _smtp_reply(exc: BaseException) -> tuple[int | None, str]:
         return None, str(exc)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     return code, " ".join(text.split())
+
+
+# Replies by which a relay asks its client to slow down: 421 (closing the connection, at any
+# stage: the greeting, an unsolicited one before MAIL), 454 (temporary: "too many
+# connections", "throttling failure") and 451 with a 4.7.x policy code ("rate limit
+# exceeded"). Other 4xx (450 mailbox busy, 451 4.3.0) are this message's transient failures.
+_POLICY_CODE = re.compile(r"4\.7\.\d{1,3}(?!\S)")
+# "try again in 30 seconds", "retry after 60s": a hint the throttle honours within bounds.
+_RETRY_HINT = re.compile(r"\b(?:in|after)\s+(\d{1,6})\s*(?:s|secs?|seconds?)\b", re.IGNORECASE)
+
+
+def _throttling(code: int | None, text: str) -> dict[str, object]:
+    """TransportError's `throttled` and `retry_after` for the reply `code text`."""
+    throttled = code in (421, 454) or (code == 451 and _POLICY_CODE.match(text) is not None)
+    if not throttled:
+        return {}
+    hint = _RETRY_HINT.search(text)
+    return {"throttled": True, "retry_after": float(hint.group(1)) if hint else None}
 
 
 # -- file outbox ----------------------------------------------------------------------------

@@ -145,6 +145,7 @@ class DeliveryWorker:
     def stop(self) -> None:
         self.stopping.set()
         self.new_work.set()
+        self.deliverer.relay_throttle.stop()
 
     def _dispatch_loop(self) -> None:
         watcher = None
@@ -225,9 +226,18 @@ class DeliveryWorker:
 
     def _send_loop(self) -> None:
         transport = self.new_transport()
+        throttle = self.deliverer.relay_throttle
+        throttle.take_seat()
         try:
             while True:
-                item = self.work.get()
+                # While the relay makes the pool send on fewer connections, a sender beyond
+                # them closes its connection and takes no work (app/relay_throttle.py); an
+                # idle one looks again every second.
+                throttle.park(lambda idle=transport: _close_quietly(idle))
+                try:
+                    item = self.work.get(timeout=MAX_IDLE_SLEEP)
+                except queue.Empty:
+                    continue
                 if item is None:
                     return
                 delivery, suppressions = item

@@ -14,6 +14,10 @@ Every server runs its event loop in a background thread; `.messages`, `.connecti
 - DroppingServer: closes the connection at connect, MAIL, RCPT or END_OF_DATA (after the
   message body arrived, before the reply), optionally only N times and after skipping M.
 - SlowServer: waits a fixed time before handling every SMTP command.
+- DeferringServer: answers a given reply at DATA for one recipient, always; takes the others.
+- BusyServer: a relay limiting concurrent connections: while more than `max_sessions` are
+  open, it answers `421 4.7.0 Too many connections...` instead of the greeting (and closes),
+  or a given reply (`454 4.7.0 ...`) at MAIL.
 - StartTlsServer / ImplicitTlsServer: TLS with a certificate from `generate_certificate`.
 
 Every variant takes `credentials=("user", "password")` to require AUTH PLAIN/LOGIN
@@ -96,6 +100,8 @@ class _State:
     messages: list[ReceivedMessage] = field(default_factory=list)
     connections: int = 0
     open_sessions: set["_Protocol"] = field(default_factory=set)
+    peak_sessions: int = 0  # most connections open at once
+    mail_times: list[float] = field(default_factory=list)  # when each MAIL FROM arrived
 
 
 class RecordingServer:
@@ -176,6 +182,24 @@ class RecordingServer:
         with self._changed:
             return self._state.connections
 
+    @property
+    def open_sessions(self) -> int:
+        """How many client connections are open now."""
+        with self._changed:
+            return len(self._state.open_sessions)
+
+    @property
+    def peak_sessions(self) -> int:
+        """The most client connections open at once so far."""
+        with self._changed:
+            return self._state.peak_sessions
+
+    @property
+    def mail_times(self) -> list[float]:
+        """When each MAIL FROM arrived (time.time()), accepted or not, oldest first."""
+        with self._changed:
+            return list(self._state.mail_times)
+
     def wait_for(self, count: int, timeout: float = 5.0) -> list[ReceivedMessage]:
         """Wait until at least `count` messages arrived; TimeoutError otherwise."""
         with self._changed:
@@ -206,6 +230,10 @@ class RecordingServer:
     def _drop_on_connect(self) -> bool:
         return False
 
+    def _greeting_refusal(self) -> str | None:
+        """A reply to send instead of the greeting (then close), or None to greet."""
+        return None
+
     async def _intercept(self, stage: str, protocol: "_Protocol") -> str | None:
         """Return an SMTP reply to answer `stage` (MAIL, RCPT, DATA) with instead of accepting."""
         return None
@@ -219,6 +247,8 @@ class RecordingServer:
                 return True
             self._state.connections += 1
             self._state.open_sessions.add(protocol)
+            self._state.peak_sessions = max(self._state.peak_sessions,
+                                            len(self._state.open_sessions))
             self._changed.notify_all()
         return not self._drop_on_connect()
 
@@ -277,6 +307,7 @@ class RejectingServer(RecordingServer):
         self.skip = skip
         self._reached = 0
         self._rejected = 0
+        self.rejected_at: list[float] = []  # when each rejection was answered
 
     @property
     def rejected(self) -> int:
@@ -299,6 +330,7 @@ class RejectingServer(RecordingServer):
             ):
                 return None
             self._rejected += 1
+            self.rejected_at.append(time.time())
         if self.reply.startswith("421") and protocol.transport is not None:
             # 421 means "closing the connection": close once the reply has been written.
             asyncio.get_running_loop().call_soon(protocol.transport.close)
@@ -358,6 +390,75 @@ class DroppingServer(RecordingServer):
         return None
 
 
+class BusyServer(RecordingServer):
+    """A relay that limits concurrent connections (until `heal()`): while more than
+    `max_sessions` are open, it answers `reply` at `stage`: "connect" (instead of the greeting,
+    then closes) or "MAIL"."""
+
+    def __init__(self, max_sessions: int,
+                 reply: str = "421 4.7.0 Too many connections, try again later",
+                 *, stage: str = "connect", **kwargs: Any) -> None:
+        if stage not in ("connect", "MAIL"):
+            raise ValueError(f"stage must be connect or MAIL, not {stage!r}")
+        super().__init__(**kwargs)
+        self.max_sessions: int | None = max_sessions
+        self.reply = reply
+        self.stage = stage
+        self._refused = 0
+
+    @property
+    def refused(self) -> int:
+        """How many connections were refused."""
+        with self._changed:
+            return self._refused
+
+    def heal(self) -> None:
+        """Accept any number of connections from now on."""
+        with self._changed:
+            self.max_sessions = None
+
+    def _greeting_refusal(self) -> str | None:
+        return self._busy("connect")
+
+    async def _intercept(self, stage: str, protocol: "_Protocol") -> str | None:
+        reply = self._busy(stage)
+        if reply and reply.startswith("421") and protocol.transport is not None:
+            asyncio.get_running_loop().call_soon(protocol.transport.close)
+        return reply
+
+    def _busy(self, stage: str) -> str | None:
+        with self._changed:
+            # open_sessions already holds the new connection
+            if stage != self.stage or self.max_sessions is None \
+                    or len(self._state.open_sessions) <= self.max_sessions:
+                return None
+            self._refused += 1
+        return self.reply
+
+
+class DeferringServer(RecordingServer):
+    """Answers `reply` at DATA whenever the message is for `recipient`; accepts the others."""
+
+    def __init__(self, recipient: str, reply: str = "451 4.7.1 Deferred by policy",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.recipient = recipient
+        self.reply = reply
+        self._deferred = 0
+
+    @property
+    def deferred(self) -> int:
+        with self._changed:
+            return self._deferred
+
+    async def _intercept(self, stage: str, protocol: "_Protocol") -> str | None:
+        if stage != "DATA" or self.recipient not in protocol.envelope.rcpt_tos:
+            return None
+        with self._changed:
+            self._deferred += 1
+        return self.reply
+
+
 class SlowServer(RecordingServer):
     """Waits `latency` seconds (default 20 ms) before handling each SMTP command."""
 
@@ -390,6 +491,8 @@ class _Handler:
     ) -> str:
         if self._owner.credentials is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        with self._owner._changed:
+            self._owner._state.mail_times.append(time.time())
         reply = await self._owner._intercept("MAIL", server)
         if reply:
             return reply
@@ -438,6 +541,15 @@ class _Protocol(SMTP):
         super().connection_made(transport)
         if first_time and not self._owner._session_opened(self):
             transport.close()
+
+    async def _handle_client(self) -> None:
+        refusal = self._owner._greeting_refusal()
+        if refusal is None:
+            await super()._handle_client()
+            return
+        await self.push(refusal)
+        assert self.transport is not None
+        self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         self._owner._session_closed(self)

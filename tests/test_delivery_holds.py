@@ -101,9 +101,9 @@ def test_an_essential_email_goes_out_inside_quiet_hours(config_data, users):
 
 
 def test_time_held_back_does_not_count_against_max_age(config_data, users):
-    """Held for two hours, then the relay answers 421: with delivery.max_age 1h the email is
+    """Held for two hours, then the relay answers 451: with delivery.max_age 1h the email is
     retried, not dead, because its age leaves out the time it waited on purpose."""
-    with RejectingServer(421, "4.3.2 try again later", stage="MAIL") as server:
+    with RejectingServer(451, "4.3.2 try again later", stage="MAIL") as server:
         config = build_config(config_data, smtp={"url": server.url},
                               recipients={"static_map": str(users)},
                               limits={"per_user": 5}, delivery={"max_age": "1h"})
@@ -119,7 +119,7 @@ def test_time_held_back_does_not_count_against_max_age(config_data, users):
         db.close()
         assert deliver_once(config, store, server) == "queued"
         row = the_row(store)
-        assert row["last_error"] and "421" in row["last_error"]
+        assert row["last_error"] and "451" in row["last_error"]
         assert row["note"].startswith("released after waiting 2h")
         events = store.list_delivery_events(delivery_id)
         assert [(e["event"], e["reason"]) for e in events] == [("released", "quiet_hours")]

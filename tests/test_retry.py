@@ -50,7 +50,7 @@ def test_a_dead_delivery_requeued_by_nudge_retry_arrives_once_and_repeats_stay_d
     config = load_config(data=settings, environ={})
     # A relay that rejects everyone (a setup mistake), then the fixed one, which still
     # answers one transient 451: the requeued delivery needs its fresh budget and clock.
-    with RejectingServer(451, "4.7.1 relay access denied", stage="RCPT") as broken, \
+    with RejectingServer(451, "4.3.0 relay access denied", stage="RCPT") as broken, \
             RejectingServer(451, "4.3.0 try again", stage="RCPT", times=1) as fixed:
         before = NudgeProcess(tmp_path, merged(settings, {"smtp": {"url": broken.url}})).start()
         try:
@@ -111,7 +111,7 @@ def config_age_start(config) -> float:
 def failures(config_data, app):
     """Delivery 1 dead (u1, NoFirstApiCall), 2 failed (u2, NoFirstApiCall), 3 sent (u3,
     UsageDropped)."""
-    with RejectingServer(451, "4.7.1 greylisted", stage="RCPT", times=2) as server:
+    with RejectingServer(450, "4.2.0 greylisted", stage="RCPT", times=2) as server:
         config = build_config(config_data, smtp={"url": server.url},
                               delivery={"max_attempts": 2})
         client = app.test_client()
