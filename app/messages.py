@@ -189,6 +189,7 @@ def _boundary(*parts: str) -> str:
             return boundary
 
 
+@lru_cache(maxsize=256)
 def _envelope_address(value: str) -> str:
     return email.utils.getaddresses([value])[0][1]
 

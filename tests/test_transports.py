@@ -84,6 +84,20 @@ def send_expecting_error(transport: SmtpTransport, message) -> TransportError:
 # -- what arrives ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("text", [
+    "Hi,\n.\n..two dots\n.hidden line\nbye\n",  # lines that SMTP's end-of-data could eat
+    "plain text, no line starts with a dot\n",
+])
+def test_lines_starting_with_a_dot_arrive_intact(server, transport, text):
+    transport.send(make_message(3, html=None, text=text, recipient="ada+api@mail.example.org"))
+
+    [received] = server.wait_for(1)
+    assert received.mail_from == "nudge@example.com"
+    assert received.rcpt_tos == ("ada+api@mail.example.org",)
+    assert received.message.get_content().replace("\r\n", "\n") == text
+
+
+
 def test_sent_message_arrives_with_all_headers_and_both_parts(server, transport):
     transport.send(make_message(7))
 
