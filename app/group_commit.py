@@ -8,11 +8,14 @@ forks). The webhook's journal appends and the senders' outcomes both go through 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from app.store import StorageError
+
+log = logging.getLogger("nudge.store")
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -30,10 +33,11 @@ class _Slot(Generic[Item, Result]):
 
 class GroupCommit(Generic[Item, Result]):
     """`commit(items)` writes a batch in one transaction and returns one result per item;
-    a StorageError it raises is raised to every caller of that batch."""
+    a StorageError it raises is raised to every caller of that batch. `on_commit(items)`
+    runs after each successful commit (metrics, once per batch)."""
 
     def __init__(self, commit: Callable[[Sequence[Item]], Sequence[Result]], max_batch: int,
-                 on_commit: Callable[[int], None] | None = None):
+                 on_commit: Callable[[Sequence[Item]], None] | None = None):
         self._commit_batch = commit
         self.max_batch = max_batch
         self._on_commit = on_commit
@@ -66,7 +70,10 @@ class GroupCommit(Generic[Item, Result]):
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
             if self._on_commit is not None:
-                self._on_commit(len(batch))
+                try:
+                    self._on_commit([slot.item for slot in batch])
+                except Exception:  # noqa: BLE001 - committed is committed: never a failure
+                    log.exception("after a commit")
         except StorageError as exc:
             for slot in batch:
                 slot.error = exc
