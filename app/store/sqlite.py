@@ -562,6 +562,10 @@ class SQLiteStore(Listings, Store):
     def watch(self) -> ChangeWatcher:
         return _DataVersionWatcher(self.path, self.journal_folder)
 
+    def watch_queue(self) -> ChangeWatcher:
+        # Deliveries change by commits only: no need to look at the journal files.
+        return _DataVersionWatcher(self.path, None)
+
     # -- delivery queue --------------------------------------------------------------------
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
         # The conditions in the UPDATE's subqueries are its claim: a row is taken only while it
@@ -968,7 +972,7 @@ class _DataVersionWatcher(ChangeWatcher):
 
     INTERVAL = 0.005
 
-    def __init__(self, path: Path, journal_folder: Path):
+    def __init__(self, path: Path, journal_folder: Path | None):
         self.connection = _Connection(path)
         self.journal_folder = journal_folder
         self.version = self._read()
@@ -984,6 +988,8 @@ class _DataVersionWatcher(ChangeWatcher):
         """Where each journal file's records end. Files are zero-filled ahead of their
         writer, so neither their size nor (at the clock's resolution) their mtime tells of
         an append: the header just past the last record seen does."""
+        if self.journal_folder is None:
+            return ()
         ends = dict(getattr(self, "journal", ()))
         for name in journal_files.journal_names(self.journal_folder):
             path = self.journal_folder / name
