@@ -127,7 +127,7 @@ def build_message(
         lines.append(_folded("Reply-To", reply_to))
     lines += [
         _plain_or_folded("Subject", subject),
-        f"Date: {email.utils.format_datetime(when)}\r\n",
+        f"Date: {_date_header(when)}\r\n",
         f"Message-ID: {message_id}\r\n",
         f"List-Unsubscribe: <{unsubscribe_url}>\r\n",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
@@ -187,6 +187,18 @@ def _boundary(*parts: str) -> str:
         boundary = f"==============={random.randrange(sys.maxsize):019d}=="
         if not any(boundary in part for part in parts):
             return boundary
+
+
+def _date_header(when: datetime) -> str:
+    if when.utcoffset():  # cached for UTC only: equal instants in other zones read apart
+        return email.utils.format_datetime(when)
+    return _date_of_second(when.replace(microsecond=0))
+
+
+@lru_cache(maxsize=4)
+def _date_of_second(when: datetime) -> str:
+    """Emails sent in the same second share their Date text (the header has no fractions)."""
+    return email.utils.format_datetime(when)
 
 
 @lru_cache(maxsize=256)

@@ -50,6 +50,11 @@ def configure_logging(background: bool = False) -> None:
     )
     root = logging.getLogger()
     escape_handlers(root)
+    # Nothing Nudge logs names its source file, thread or multiprocessing process: not
+    # looking them up for every record is the logging module's own advice for speed.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     if background:
         writers = list(root.handlers)
         lines: queue.SimpleQueue = queue.SimpleQueue()
