@@ -112,16 +112,19 @@ class BackgroundOutcomes:
             try:
                 current = self.store.settle_many(batch, time.time())
                 break
-            except StorageError as exc:
+            except Exception as exc:  # noqa: BLE001 - this thread must never die: retried
                 more = f" and {len(batch) - 1} more" if len(batch) > 1 else ""
                 log.warning("cannot record outcome %s of delivery=%s%s yet, retrying in %.1fs: "
-                            "%s", batch[0].status, batch[0].delivery.id, more, delay, exc)
+                            "%s", batch[0].status, batch[0].delivery.id, more, delay, exc,
+                            exc_info=not isinstance(exc, StorageError))
                 time.sleep(delay)
                 delay = min(MAX_RETRY_DELAY, delay * 2)
         report_stale(batch, current)
         for outcome in batch:
             try:
                 self._recorded(outcome.delivery)
+            except Exception:  # noqa: BLE001 - the outcome is written: go on with the others
+                log.exception("delivery=%s: after recording its outcome", outcome.delivery.id)
             finally:
                 with self._cond:
                     self._unrecorded.discard(outcome.delivery.id)
