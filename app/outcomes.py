@@ -23,6 +23,8 @@ log = logging.getLogger("nudge.delivery")
 
 MAX_BATCH = 256
 MAX_RETRY_DELAY = 2.0
+GATHER = 0.02
+GATHER_BELOW = 16
 
 
 def report_stale(outcomes: Sequence[Outcome], current: Sequence[bool]) -> None:
@@ -100,6 +102,14 @@ class BackgroundOutcomes:
                         self._cond.wait()
                     if not self._queue:
                         return
+                    # Nobody waits on this write (the lease holds the claim meanwhile): let a
+                    # few more sends finish, so one transaction records them all.
+                    deadline = time.monotonic() + GATHER
+                    while len(self._queue) < GATHER_BELOW and not self._closing:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
                     batch = self._queue[:MAX_BATCH]
                     del self._queue[:MAX_BATCH]
                 self._write(batch)
