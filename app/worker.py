@@ -29,6 +29,8 @@ from app.transports import parse_smtp_url, smtp_warnings, transport_factory
 log = logging.getLogger("nudge.worker")
 
 MAX_IDLE_SLEEP = 1.0
+# The longest the dispatcher waits for one more sender to finish while gathering a claim.
+CLAIM_GATHER = 0.05
 
 
 class LeaseKeeper:
@@ -105,6 +107,7 @@ class DeliveryWorker:
         self.work: queue.Queue[tuple[Delivery, tuple[set[str], set[str]] | None] | None] = \
             queue.Queue()
         self.slots = threading.Semaphore(self.senders * 2)
+        self.claim_batch = max(2, self.senders // 2)  # senders a claim waits for, at most
         self.threads: list[threading.Thread] = []
 
     def run(self) -> None:
@@ -168,6 +171,12 @@ class DeliveryWorker:
                 if not self.slots.acquire(timeout=MAX_IDLE_SLEEP):
                     continue
                 free = 1
+                # While the senders still have claimed work in hand, let more of them finish
+                # before claiming, so that one claim (one transaction) serves several; as
+                # soon as that work runs out, claim for those that are free.
+                while (allowed is None and free < self.claim_batch and self.work.qsize() > 0
+                       and self.slots.acquire(timeout=CLAIM_GATHER)):
+                    free += 1
                 while (allowed is None or free < allowed) and self.slots.acquire(blocking=False):
                     free += 1
                 self.new_work.clear()
