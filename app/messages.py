@@ -103,11 +103,12 @@ def build_message(
         _require_list_id(list_id)
     for name, value in headers.items():
         _reject_line_breaks(name, value)
-    _require_single_address("From", sender)
+    _require_constant_address("From", sender)
     if reply_to is not None:
-        _require_single_address("Reply-To", reply_to)
-    if not _SIMPLE_ADDRESS.match(recipient):
-        _require_single_address.__wrapped__("To", recipient)  # per recipient: not cached
+        _require_constant_address("Reply-To", reply_to)
+    plain_recipient = _SIMPLE_ADDRESS.match(recipient) is not None
+    if not plain_recipient:
+        _require_single_address("To", recipient)
     _require_message_id(message_id)
     _require_unsubscribe_url(unsubscribe_url)
 
@@ -115,7 +116,7 @@ def build_message(
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     envelope_from = _envelope_address(sender)
-    envelope_to = recipient if _SIMPLE_ADDRESS.match(recipient) else _envelope_address(recipient)
+    envelope_to = recipient if plain_recipient else _envelope_address(recipient)
 
     # Written directly rather than through email.message: the email package parses every
     # header it is given and re-renders it, which cost most of the CPU of a send. Headers that
@@ -156,10 +157,12 @@ _PLAIN_HEADER = re.compile(r"[!-~](?:[ -~]*[!-~])?\Z")
 MAX_PLAIN_LINE = 78
 
 
-@lru_cache(maxsize=512)
-def _folded(name: str, value: str) -> str:
+def _fold(name: str, value: str) -> str:
     """The header line as the email package writes it (encoded words, folding)."""
     return WIRE_POLICY.header_factory(name, value).fold(policy=WIRE_POLICY)
+
+
+_folded = lru_cache(maxsize=512)(_fold)  # for values that are the same in every email
 
 
 def _plain_or_folded(name: str, value: str) -> str:
@@ -167,7 +170,7 @@ def _plain_or_folded(name: str, value: str) -> str:
     if (len(line) <= MAX_PLAIN_LINE and _PLAIN_HEADER.match(value) and "=?" not in value
             and "  " not in value):
         return line + "\r\n"
-    return _folded.__wrapped__(name, value)
+    return _fold(name, value)
 
 
 def _text_part(subtype: str, body: str) -> str:
@@ -222,7 +225,6 @@ def require_single_address(value: str) -> None:
         raise ValueError(f"not exactly one valid email address: {value[:80]!r}") from None
 
 
-@lru_cache(maxsize=256)
 def _require_single_address(name: str, value: str) -> None:
     try:
         header = email.policy.default.header_factory(name, value)
@@ -234,6 +236,10 @@ def _require_single_address(name: str, value: str) -> None:
     address = addresses[0]
     if not address.username or not address.domain:
         raise ValueError(f"{name} must be exactly one valid email address, got {value!r}")
+
+
+# The sender and Reply-To are the same in every email: checked once each.
+_require_constant_address = lru_cache(maxsize=256)(_require_single_address)
 
 
 def _require_message_id(message_id: str) -> None:
