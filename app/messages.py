@@ -106,7 +106,7 @@ def build_message(
     _require_constant_address("From", sender)
     if reply_to is not None:
         _require_constant_address("Reply-To", reply_to)
-    plain_recipient = _SIMPLE_ADDRESS.match(recipient) is not None
+    plain_recipient = PLAIN_ADDRESS.match(recipient) is not None
     if not plain_recipient:
         _require_single_address("To", recipient)
     _require_message_id(message_id)
@@ -148,9 +148,9 @@ def build_message(
     return OutgoingEmail(envelope_from, envelope_to, ("".join(lines) + body).encode("ascii"))
 
 
-# A recipient in the plain form most addresses take: written as is, checked without the
-# email package's parser.
-_SIMPLE_ADDRESS = re.compile(
+# An address in the plain form most take (`local@domain`, nothing to quote or take apart):
+# written as is, checked without the email package's parser (and sent without smtplib's).
+PLAIN_ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z")
 _PLAIN_HEADER = re.compile(r"[!-~](?:[ -~]*[!-~])?\Z")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from app.messages import OutgoingEmail
+from app.messages import PLAIN_ADDRESS, OutgoingEmail
 from app.redact import redact_url
 
 DEFAULT_PORTS = {"plain": 25, "starttls": 587, "tls": 465}
@@ -223,13 +223,13 @@ class _DataTracking:
     data_started = False
 
     def mail(self, sender: str, options=()) -> tuple[int, bytes]:
-        if options or not _PLAIN_ADDRESS.fullmatch(sender):
+        if options or not PLAIN_ADDRESS.match(sender):
             return super().mail(sender, options)  # type: ignore[misc]
         self.putcmd("mail", f"FROM:<{sender}>")  # type: ignore[attr-defined]
         return self.getreply()  # type: ignore[attr-defined]
 
     def rcpt(self, recipient: str, options=()) -> tuple[int, bytes]:
-        if options or not _PLAIN_ADDRESS.fullmatch(recipient):
+        if options or not PLAIN_ADDRESS.match(recipient):
             return super().rcpt(recipient, options)  # type: ignore[misc]
         self.putcmd("rcpt", f"TO:<{recipient}>")  # type: ignore[attr-defined]
         return self.getreply()  # type: ignore[attr-defined]
@@ -245,11 +245,6 @@ class _DataTracking:
         ending = b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n"
         self.send(msg + ending)  # type: ignore[attr-defined]
         return self.getreply()  # type: ignore[attr-defined]
-
-
-# What smtplib's quoteaddr would return unchanged inside <>: no display name, comment,
-# quoting or angle brackets to take apart.
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
 
 
 class _SMTP(_DataTracking, smtplib.SMTP):

@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import requests
 
 from app.store import open_store
 from tests.conftest import TOKEN
-from tests.processes import NudgeProcess, wait_until
+from tests.processes import NudgeProcess, children, wait_until
 from tests.smtp_servers import RecordingServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -38,17 +37,9 @@ def payload(number: int) -> str:
 
 def delivery_worker_pid(supervisor_pid: int) -> int:
     """The `nudge worker` child of `nudge serve` (the decider runs in it)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == supervisor_pid and b"worker" in cmdline:
-            return int(entry.name)
+    for pid, cmdline in children(supervisor_pid).items():
+        if b"worker" in cmdline:
+            return pid
     raise AssertionError("no delivery worker found")
 
 

@@ -11,7 +11,6 @@ import re
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
@@ -20,7 +19,7 @@ from app.config import ConfigError, load_config
 from app.sender_processes import describe, process_config, process_count, split_connections
 from app.store import SENDING, SENT, open_store
 from tests.conftest import TOKEN
-from tests.processes import NudgeProcess, wait_until
+from tests.processes import NudgeProcess, children, wait_until
 from tests.smtp_servers import RecordingServer
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -66,23 +65,6 @@ def post_users(url: str, users: list[str], per_post: int = 100) -> None:
 
 def recipients(smtp: RecordingServer) -> Counter:
     return Counter(address for message in smtp.messages for address in message.rcpt_tos)
-
-
-def children(pid: int) -> dict[int, list[bytes]]:
-    """The live child processes of `pid`: pid -> command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found[int(entry.name)] = cmdline
-    return found
 
 
 def worker_pid(supervisor_pid: int) -> int | None:
