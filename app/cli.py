@@ -120,6 +120,17 @@ def receiver(ctx: Context, bind: str, workers: int, public: bool) -> None:
 @pass_context
 def worker(ctx: Context, parent_pid: int | None, sender_connections: int | None) -> None:
     """Run only the delivery worker (sends queued emails)."""
+    from app.server import configure_logging
+
+    write_logs_in_foreground = configure_logging(background=True)
+    try:
+        _run_worker(ctx, sender_connections, parent_pid)
+    finally:
+        # Before click prints why the worker stops: that line must be the last one.
+        write_logs_in_foreground()
+
+
+def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | None) -> None:
     from app.sender_processes import (
         SenderProcesses,
         describe,
@@ -129,10 +140,8 @@ def worker(ctx: Context, parent_pid: int | None, sender_connections: int | None)
         split_connections,
         stop_with_parent,
     )
-    from app.server import configure_logging
     from app.worker import DeliveryWorker, watch_parent
 
-    configure_logging(background=True)
     # A sender process (started by the worker below) neither warns again, migrates, decides
     # nor prunes: the main worker process does.
     sender = sender_connections is not None
@@ -146,7 +155,10 @@ def worker(ctx: Context, parent_pid: int | None, sender_connections: int | None)
             raise click.ClickException(str(exc)) from None
         shares = split_connections(config.smtp_connections, process_count(config))
         logging.getLogger("nudge.worker").info("%s", describe(config, shares))
-    delivery_worker = DeliveryWorker(process_config(config, shares[0]), decide=not sender)
+    try:
+        delivery_worker = DeliveryWorker(process_config(config, shares[0]), decide=not sender)
+    except ValueError as exc:  # a file the config names cannot be read or is not valid
+        raise click.ClickException(f"cannot start the delivery worker: {exc}") from None
     senders = None if sender or len(shares) == 1 else SenderProcesses(
         config, ctx.config_path, shares[1:])
 

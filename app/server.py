@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
@@ -38,10 +39,12 @@ log = logging.getLogger("nudge.server")
 PR_SET_PDEATHSIG = 1
 
 
-def configure_logging(background: bool = False) -> None:
+def configure_logging(background: bool = False) -> Callable[[], None]:
     """Log lines to stderr. `background`: written by a thread of their own, so that many
     threads logging at once (the delivery worker's senders) never queue on the stream's lock
-    while one of them writes."""
+    while one of them writes. Returns what writes the lines still queued and goes back to
+    writing in the caller's thread: call it before anything else is written to stderr at the
+    end (a supervisor reports the last line a process wrote as the reason it exited)."""
     logging.basicConfig(
         level=os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -61,9 +64,21 @@ def configure_logging(background: bool = False) -> None:
         listener = logging.handlers.QueueListener(lines, *writers, respect_handler_level=True)
         for handler in writers:
             root.removeHandler(handler)
-        root.addHandler(_Enqueue(lines))
+        enqueue = _Enqueue(lines)
+        root.addHandler(enqueue)
         listener.start()
-        atexit.register(listener.stop)  # writes what is still queued
+
+        def write_in_foreground() -> None:
+            if enqueue not in root.handlers:
+                return
+            root.removeHandler(enqueue)
+            for handler in writers:
+                root.addHandler(handler)
+            listener.stop()  # writes what is still queued
+
+        atexit.register(write_in_foreground)
+        return write_in_foreground
+    return lambda: None
 
 
 class _Enqueue(logging.handlers.QueueHandler):

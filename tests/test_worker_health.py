@@ -34,7 +34,10 @@ def test_a_crash_looping_worker_makes_nudge_not_ready_with_the_reason(tmp_path, 
 
         answer = wait_until(not_ready_answer, timeout=30, message="/-/ready answering 503")
         assert "delivery worker" in answer
-        assert "users-missing.yml" in answer  # the worker's own last words: the reason
+        # The worker's own last words are the reason, as one line (no traceback), even though
+        # its log lines are written by a thread of their own.
+        assert ("(Error: cannot start the delivery worker: user directory file "
+                f"{tmp_path / 'users-missing.yml'}: cannot read it") in answer
         metrics = requests.get(nudge.url + "/metrics", timeout=10).text
         assert sample(metrics, "nudge_delivery_worker_healthy") == 0
         wait_until(lambda: sample(requests.get(nudge.url + "/metrics", timeout=10).text,
