@@ -140,6 +140,7 @@ def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | 
         split_connections,
         stop_with_parent,
     )
+    from app.server import freeze_heap
     from app.worker import DeliveryWorker, watch_parent
 
     # A sender process (started by the worker below) neither warns again, migrates, decides
@@ -185,6 +186,7 @@ def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | 
         RetentionKeeper(delivery_worker.store, config.retention, delivery_worker.stopping).start()
     if senders:
         senders.start(delivery_worker.stopping)
+    freeze_heap()
     delivery_worker.run()
     if senders:
         senders.join()

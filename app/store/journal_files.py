@@ -112,8 +112,9 @@ class JournalWriter:
         self._fd = os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = 0
         self._opened_at = time.monotonic()
+        # Zeros are written ahead only once a small append needs them (`append`): bodies of
+        # BIG_WRITE and more would only overwrite them, at twice the writing.
         self._allocated = os.fstat(self._fd).st_size
-        self._preallocate(PREALLOCATE_BYTES)
         # The new name must survive a power cut too, not only the data written to it.
         directory = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
