@@ -10,7 +10,7 @@ import signal
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import NudgeProcess, wait_until
+from tests.processes import NudgeProcess, children, wait_until
 
 
 def sample(text: str, name: str) -> float | None:
@@ -98,5 +98,35 @@ def test_a_dead_workers_live_gauges_are_removed_and_it_is_restarted(tmp_path, co
         assert not any(f"_{first}.db" in p.name for p in metrics_dir.glob("gauge_live*"))
         metrics = requests.get(nudge.url + "/metrics", timeout=10).text
         assert sample(metrics, "nudge_delivery_worker_restarts_total") == 1
+    finally:
+        nudge.stop()
+
+
+def test_the_delivery_worker_and_its_sender_processes_yield_the_cpu_to_the_receivers(
+        tmp_path, config_data):
+    """Under `nudge serve` the worker runs at Linux's idle policy (what `chrt -p` shows): in a
+    burst, accepting notifications comes first; the receivers keep the normal policy."""
+    config_data.setdefault("delivery", {})["processes"] = 2
+    nudge = NudgeProcess(tmp_path, config_data).start()
+    try:
+        def policies():
+            found = {}
+            for pid, cmdline in children(nudge.process.pid).items():
+                words = [w.decode() for w in cmdline]
+                role = "worker" if "worker" in words else "receiver"
+                found.setdefault(role, []).append((pid, words))
+                if role == "worker":
+                    for child, child_cmdline in children(pid).items():
+                        found.setdefault("sender", []).append(
+                            (child, [w.decode() for w in child_cmdline]))
+            return found if found.get("sender") else None
+
+        found = wait_until(policies, timeout=30, message="the worker's sender process")
+        assert found["receiver"] and found["worker"]
+        for role, members in found.items():
+            expected = os.SCHED_OTHER if role == "receiver" else os.SCHED_IDLE
+            for pid, words in members:
+                assert os.sched_getscheduler(pid) == expected, (role, words)
+        assert all("--sender-connections" in words for _pid, words in found["sender"])
     finally:
         nudge.stop()
