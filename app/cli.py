@@ -131,6 +131,7 @@ def worker(ctx: Context, parent_pid: int | None, sender_connections: int | None)
 
 
 def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | None) -> None:
+    from app.readiness import notify_ready, take_ready_fd
     from app.sender_processes import (
         SenderProcesses,
         describe,
@@ -142,6 +143,8 @@ def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | 
     )
     from app.server import freeze_heap
     from app.worker import DeliveryWorker, watch_parent
+
+    ready_fd = take_ready_fd()  # before any process is started from here
 
     # A sender process (started by the worker below) neither warns again, migrates, decides
     # nor prunes: the main worker process does.
@@ -186,8 +189,9 @@ def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | 
         RetentionKeeper(delivery_worker.store, config.retention, delivery_worker.stopping).start()
     if senders:
         senders.start(delivery_worker.stopping)
+        senders.started.wait()  # bounded: app/sender_processes.READY_TIMEOUT
     freeze_heap()
-    delivery_worker.run()
+    delivery_worker.run(started=lambda: notify_ready(ready_fd))
     if senders:
         senders.join()
     if sender:

@@ -34,6 +34,7 @@ import threading
 import time
 
 from app.config import Config
+from app.readiness import ReadySignal
 
 log = logging.getLogger("nudge.senders")
 
@@ -43,6 +44,9 @@ STABLE_AFTER = 10.0
 FIRST_RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
 POLL_INTERVAL = 0.2
+# How long the main worker waits, at start, for its sender processes to say they have started
+# (app/readiness.py) before it says so itself anyway: it sends on its own connections meanwhile.
+READY_TIMEOUT = 60.0
 
 
 def available_cores() -> int:
@@ -119,13 +123,21 @@ class SenderProcess:
         self.started_at = 0.0
         self.restart_delay = FIRST_RESTART_DELAY
         self.restart_at: float | None = None  # when it exited: when to start it again
+        self.ready: ReadySignal | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args)
+        if self.ready is not None:
+            self.ready.close()
+        self.ready = ReadySignal()
+        try:
+            self.process = subprocess.Popen(self.args, env=self.ready.child_env(),
+                                            pass_fds=(self.ready.write_fd,))
+        finally:
+            self.ready.started()
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -162,6 +174,7 @@ class SenderProcesses:
         self._thread: threading.Thread | None = None
         self._signals: list[signal.Signals] = []
         self._lock = threading.Lock()
+        self.started = threading.Event()  # each started once and ready (or gone, or late)
 
     def start(self, stopping: threading.Event) -> None:
         """Run them until `stopping` is set; then stop them (see join)."""
@@ -182,11 +195,27 @@ class SenderProcesses:
     def _run(self, stopping: threading.Event) -> None:
         for process in self.processes:
             self._start(process)
+        self._wait_ready(stopping)
         while not stopping.wait(POLL_INTERVAL):
             self._pass_signals()
             for process in self.processes:
                 self._look_after(process)
         self._stop_all()
+
+    def _wait_ready(self, stopping: threading.Event) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        try:
+            for process in self.processes:
+                while process.ready is not None and not stopping.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        log.warning("sender process %d (pid %s) has not started after %.0fs",
+                                    process.number, process.pid, READY_TIMEOUT)
+                        return
+                    if process.ready.wait(min(remaining, POLL_INTERVAL)) is not None:
+                        break  # ready, or exited (restarted like any exit, below)
+        finally:
+            self.started.set()
 
     def _pass_signals(self) -> None:
         with self._lock:

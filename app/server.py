@@ -33,6 +33,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from app import RECEIVER_THREADS, worker_health
 from app.config import Config
 from app.log_escaping import escape_handlers
+from app.readiness import ReadySignal
 from app.store import store_for
 
 log = logging.getLogger("nudge.server")
@@ -139,11 +140,13 @@ class OutputRelay(threading.Thread):
 
 class Child:
     def __init__(self, name: str, args: list[str], niceness: int = 0,
-                 relay_output: bool = False):
+                 relay_output: bool = False, says_ready: bool = False):
         self.name, self.args, self.niceness = name, args, niceness
         self.relay_output = relay_output
+        self.says_ready = says_ready  # tells when it has started (app/readiness.py)
         self.process: subprocess.Popen | None = None
         self.relay: OutputRelay | None = None
+        self.ready: ReadySignal | None = None
 
     def _prepare(self) -> None:
         _die_with_parent()
@@ -162,7 +165,18 @@ class Child:
 
     def start(self) -> None:
         stderr = subprocess.PIPE if self.relay_output else None
-        self.process = subprocess.Popen(self.args, preexec_fn=self._prepare, stderr=stderr)
+        env, fds = None, ()
+        if self.says_ready:
+            if self.ready is not None:
+                self.ready.close()
+            self.ready = ReadySignal()
+            env, fds = self.ready.child_env(), (self.ready.write_fd,)
+        try:
+            self.process = subprocess.Popen(self.args, preexec_fn=self._prepare, stderr=stderr,
+                                            env=env, pass_fds=fds)
+        finally:
+            if self.ready is not None:
+                self.ready.started()
         if self.relay_output:
             self.relay = OutputRelay(self.process.stderr)
             self.relay.start()
@@ -255,7 +269,7 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
         "public listener",
         base + ["receiver", "--public", "--bind", config.public_bind, "--workers", str(workers)])
     worker = Child("delivery worker", base + ["worker", "--parent-pid", str(os.getpid())],
-                   niceness=WORKER_NICENESS, relay_output=True)
+                   niceness=WORKER_NICENESS, relay_output=True, says_ready=True)
     listeners = [child for child in (receiver, public) if child]
     stopping = threading.Event()
 
@@ -288,6 +302,9 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
     exit_code = 0
     restart_delay = 1.0
     while not stopping.wait(0.2):
+        if not health.ready and worker.ready is not None and worker.ready.poll():
+            health = health.became_ready()
+            worker_health.write(health_path, health)
         stopped = [listener for listener in listeners if not listener.running()]
         if stopped:
             log.error("%s exited with code %s; stopping", stopped[0].name,

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from app.circuit import HOLD
 from app.config import Config
@@ -110,8 +111,9 @@ class DeliveryWorker:
         self.claim_batch = max(2, self.senders // 2)  # senders a claim waits for, at most
         self.threads: list[threading.Thread] = []
 
-    def run(self) -> None:
-        """Run until stop() is called; returns once in-flight messages are finished."""
+    def run(self, started: Callable[[], None] | None = None) -> None:
+        """Run until stop() is called; returns once in-flight messages are finished.
+        `started` is called once every thread runs (app/readiness.py)."""
         target = self.config.smtp_url and redact_url(self.config.smtp_url) or self.config.outbox_dir
         log.info("%s started: %d sender(s), sending via %s",
                  "delivery worker" if self.decide else "sender process", self.senders, target)
@@ -132,6 +134,8 @@ class DeliveryWorker:
             decider.start()
         keeper = threading.Thread(target=self.leases.run, name="lease-keeper", daemon=True)
         keeper.start()
+        if started is not None:
+            started()
         try:
             self._dispatch_loop()
         finally:

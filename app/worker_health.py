@@ -34,22 +34,29 @@ class WorkerHealth:
     last_exit_code: int | None = None
     last_exit_at: float | None = None
     last_error: str | None = None  # the last line the worker wrote before it exited
+    ready: bool = False  # this run of the worker said it has started (app/readiness.py)
 
     def started(self, pid: int, now: float) -> WorkerHealth:
-        return replace(self, running=True, pid=pid, started_at=now)
+        return replace(self, running=True, pid=pid, started_at=now, ready=False)
+
+    def became_ready(self) -> WorkerHealth:
+        return replace(self, ready=True)
 
     def exited(self, code: int | None, last_line: str | None, now: float) -> WorkerHealth:
         reason = escape_controls(last_line or "")[:MAX_REASON] or None
         return replace(self, running=False, pid=None, restarts=self.restarts + 1,
-                       last_exit_code=code, last_exit_at=now, last_error=reason)
+                       last_exit_code=code, last_exit_at=now, last_error=reason, ready=False)
 
     def problem(self, now: float) -> str | None:
         """Why the worker is not healthy, in one line, or None when it is."""
         if self.last_exit_at is None and self.running:
-            return None
+            return None if self.ready else "the delivery worker is starting"
         exit_text = f"exited with code {self.last_exit_code}"
         if self.last_error:
             exit_text += f" ({self.last_error})"
+        if self.running and not self.ready:
+            return (f"the delivery worker is starting again (restart {self.restarts}): last "
+                    f"it {exit_text}")
         if not self.running:
             return (f"the delivery worker is not running: it {exit_text}; restarting it "
                     f"(restart {self.restarts})")

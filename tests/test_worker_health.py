@@ -30,7 +30,9 @@ def test_a_crash_looping_worker_makes_nudge_not_ready_with_the_reason(tmp_path, 
                 response = requests.get(nudge.url + "/-/ready", timeout=2)
             except requests.RequestException:
                 return None
-            return response.text if response.status_code == 503 else None
+            # (Before its first exit it is only "starting".)
+            return response.text if response.status_code == 503 and "exited" in response.text \
+                else None
 
         answer = wait_until(not_ready_answer, timeout=30, message="/-/ready answering 503")
         assert "delivery worker" in answer
@@ -128,5 +130,36 @@ def test_the_delivery_worker_and_its_sender_processes_yield_the_cpu_to_the_recei
             for pid, words in members:
                 assert os.sched_getscheduler(pid) == expected, (role, words)
         assert all("--sender-connections" in words for _pid, words in found["sender"])
+    finally:
+        nudge.stop()
+
+
+def test_nudge_is_ready_only_once_the_worker_and_its_sender_processes_have_started(
+        tmp_path, config_data):
+    """/-/ready waits for the delivery worker to say it has started, and the worker waits for
+    its sender processes: a load balancer (or a benchmark) never counts start-up as service."""
+    config_data.setdefault("delivery", {})["processes"] = 2
+    nudge = NudgeProcess(tmp_path, config_data).start(wait_ready=False)
+    try:
+        answers = []
+
+        def ready():
+            try:
+                response = requests.get(nudge.url + "/-/ready", timeout=2)
+            except requests.RequestException:
+                return False
+            answers.append(response.text)
+            return response.status_code == 200
+
+        wait_until(ready, timeout=60, interval=0.05, message="ready")
+        workers = [pid for pid, cmdline in children(nudge.process.pid).items()
+                   if b"worker" in cmdline]
+        assert len(workers) == 1
+        senders = children(workers[0])
+        assert len(senders) == 1 and b"--sender-connections" in next(iter(senders.values()))
+        # Both have started their senders (each logs that once its threads run).
+        assert nudge.output.count(" started: ") == 2, nudge.output
+        assert all("delivery worker" not in a or "the delivery worker is starting" in a
+                   for a in answers[:-1]), answers
     finally:
         nudge.stop()
