@@ -159,12 +159,15 @@ def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | 
             raise click.ClickException(str(exc)) from None
         shares = split_connections(config.smtp_connections, process_count(config))
         logging.getLogger("nudge.worker").info("%s", describe(config, shares))
+    # With sender processes, this one decides and sends nothing itself: a burst is decided
+    # at the speed of a process of its own, not between sends under the same lock (GIL).
+    sends_here = sender or len(shares) == 1
     try:
-        delivery_worker = DeliveryWorker(process_config(config, shares[0]), decide=not sender)
+        delivery_worker = DeliveryWorker(process_config(config, shares[0]), decide=not sender,
+                                         send=sends_here)
     except ValueError as exc:  # a file the config names cannot be read or is not valid
         raise click.ClickException(f"cannot start the delivery worker: {exc}") from None
-    senders = None if sender or len(shares) == 1 else SenderProcesses(
-        config, ctx.config_path, shares[1:])
+    senders = None if sends_here else SenderProcesses(config, ctx.config_path, shares)
 
     def stop(_signum, _frame):
         delivery_worker.stop()  # the sender processes are stopped when this is set

@@ -2,14 +2,15 @@
 
 Rendering, building MIME messages, TLS and the SMTP conversations are Python work under one
 process's GIL, so one process sends only as fast as one core runs it. `nudge worker` sends
-from `delivery.processes` processes (default: one per core): itself, which also decides and
-prunes, and `processes - 1` sender processes it starts (`nudge worker --sender-connections
-K`), each a dispatcher, its sender threads and a lease keeper. They share the queue the way
-replicas do, through the store's claims and leases, so nothing is sent twice and a process
-that dies leaves its claims to the others once their lease runs out.
+from `delivery.processes` processes (default: one per core). With one, it sends itself; with
+more, it starts that many sender processes (`nudge worker --sender-connections K`), each a
+dispatcher, its sender threads and a lease keeper, and itself only decides and prunes: a
+burst is then decided by a process of its own, not between sends under the same GIL. They
+share the queue the way replicas do, through the store's claims and leases, so nothing is
+sent twice and a process that dies leaves its claims to the others once their lease runs out.
 
-`smtp.connections` is the total across the processes, split as evenly as possible (never a
-process without a connection: there are at most as many processes as connections).
+`smtp.connections` is the total across the sending processes, split as evenly as possible
+(never a process without a connection: there are at most as many as connections).
 `smtp.rate_limit` is the total too: on PostgreSQL every process takes its turn from the rate
 the database shares (as replicas do); on SQLite each process keeps its share of it, in
 proportion to its connections. Each process pauses on a broken setup by itself
@@ -66,7 +67,7 @@ def process_count(config: Config, cores: int | None = None) -> int:
 
 def split_connections(total: int, processes: int) -> list[int]:
     """`total` connections over `processes` processes as evenly as possible, larger shares
-    first (the main worker's); no process gets none."""
+    first; no process gets none."""
     processes = max(1, min(processes, total))
     share, extra = divmod(total, processes)
     return [share + (1 if n < extra else 0) for n in range(processes)]
@@ -83,19 +84,19 @@ def process_config(config: Config, connections: int) -> Config:
 
 def describe(config: Config, shares: list[int]) -> str:
     """The start-up line: how many processes send, and with how many connections each."""
-    others = len(shares) - 1
-    text = (f"sending from {len(shares)} process(es): this one with {shares[0]} SMTP "
-            f"connection(s)")
-    if others:
-        each = ", ".join(str(k) for k in shares[1:])
-        text += f" and {others} sender process(es) with {each} ({sum(shares)} in total)"
+    if len(shares) == 1:
+        text = f"sending from this process with {shares[0]} SMTP connection(s)"
+    else:
+        each = ", ".join(str(k) for k in shares)
+        text = (f"sending from {len(shares)} sender process(es) with {each} SMTP connection(s) "
+                f"({sum(shares)} in total); this one decides")
     wanted = config.delivery_processes
     if wanted and wanted > len(shares):
         text += f"; delivery.processes {wanted} is more than smtp.connections allows"
     if config.smtp_rate_limit:
         if config.uses_postgres:
             text += f"; rate limit {config.smtp_rate_limit:g}/s shared through the database"
-        elif others:
+        elif len(shares) > 1:
             parts = ", ".join(f"{process_config(config, k).smtp_rate_limit:g}" for k in shares)
             text += f"; rate limit {config.smtp_rate_limit:g}/s split {parts}"
     return text

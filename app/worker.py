@@ -91,11 +91,12 @@ class LeaseKeeper:
 
 
 class DeliveryWorker:
-    def __init__(self, config: Config, *, senders: int | None = None, decide: bool = True):
-        """`decide=False`: a sender process (app/sender_processes.py), which only sends; the
-        main worker process decides."""
+    def __init__(self, config: Config, *, senders: int | None = None, decide: bool = True,
+                 send: bool = True):
+        """`decide=False`: a sender process (app/sender_processes.py), which only sends;
+        `send=False`: the main worker process of sender processes, which only decides."""
         self.config = config
-        self.senders = senders or config.smtp_connections
+        self.senders = (senders or config.smtp_connections) if send else 0
         self.decide = decide
         self.stopping = threading.Event()
         self.store = store_for(config, pool_size=self.senders + 5)
@@ -115,8 +116,12 @@ class DeliveryWorker:
         """Run until stop() is called; returns once in-flight messages are finished.
         `started` is called once every thread runs (app/readiness.py)."""
         target = self.config.smtp_url and redact_url(self.config.smtp_url) or self.config.outbox_dir
-        log.info("%s started: %d sender(s), sending via %s",
-                 "delivery worker" if self.decide else "sender process", self.senders, target)
+        if self.senders:
+            log.info("%s started: %d sender(s), sending via %s",
+                     "delivery worker" if self.decide else "sender process", self.senders, target)
+        else:
+            log.info("delivery worker started: deciding; its sender processes send via %s",
+                     target)
         for warning in smtp_warnings(parse_smtp_url(self.config.smtp_url)) \
                 if self.config.smtp_url and self.decide else []:  # once, not in every process
             log.warning("%s", warning)
@@ -137,7 +142,11 @@ class DeliveryWorker:
         if started is not None:
             started()
         try:
-            self._dispatch_loop()
+            if self.senders:
+                self._dispatch_loop()
+            else:
+                while not self.stopping.wait(1.0):
+                    pass
         finally:
             if self.decide:
                 decider.join()
