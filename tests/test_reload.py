@@ -96,8 +96,10 @@ def subjects(outbox: Path) -> dict[str, str]:
 
 def logged_by_every_worker_process(service: NudgeProcess, since: int, pattern: str,
                                    processes: int) -> bool:
-    """Each process the worker sends from (delivery.processes) watches the files on its own:
-    whichever sends next must have reloaded."""
+    """Each process of the worker watches the files on its own: whichever sends next must
+    have reloaded. `processes`: delivery.processes (with more than one, the worker process
+    that starts them decides, and watches too)."""
+    processes = processes + 1 if processes > 1 else processes
     return len(set(re.findall(rf"\[(\d+)\] \w+ nudge\.templates: {pattern}",
                               service.output[since:]))) == processes
 

@@ -156,9 +156,10 @@ def test_nudge_is_ready_only_once_the_worker_and_its_sender_processes_have_start
                    if b"worker" in cmdline]
         assert len(workers) == 1
         senders = children(workers[0])
-        assert len(senders) == 1 and b"--sender-connections" in next(iter(senders.values()))
-        # Both have started their senders (each logs that once its threads run).
-        assert nudge.output.count(" started: ") == 2, nudge.output
+        assert len(senders) == 2
+        assert all(b"--sender-connections" in cmdline for cmdline in senders.values())
+        # Every one of them runs its threads (each logs that once they do).
+        assert nudge.output.count(" started: ") == 3, nudge.output
         assert all("delivery worker" not in a or "the delivery worker is starting" in a
                    for a in answers[:-1]), answers
     finally:
