@@ -46,7 +46,8 @@ FIRST_RESTART_DELAY = 1.0
 MAX_RESTART_DELAY = 30.0
 POLL_INTERVAL = 0.2
 # How long the main worker waits, at start, for its sender processes to say they have started
-# (app/readiness.py) before it says so itself anyway: it sends on its own connections meanwhile.
+# (app/readiness.py) before it says so itself anyway, with a warning: one that never starts is
+# restarted and reported like any that exits.
 READY_TIMEOUT = 60.0
 
 
