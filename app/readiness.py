@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
 import time
 
 READY_FD_ENV = "NUDGE_READY_FD"
@@ -64,6 +65,21 @@ class ReadySignal:
             if fd >= 0:
                 os.close(fd)
         self._read = self.write_fd = -1
+
+
+def start_child(args: list[str], previous: ReadySignal | None = None,
+                **popen_args) -> tuple[subprocess.Popen, ReadySignal]:
+    """Start a child that says when it has started, on a fresh pipe (the previous start's,
+    if any, is closed)."""
+    if previous is not None:
+        previous.close()
+    ready = ReadySignal()
+    try:
+        process = subprocess.Popen(args, env=ready.child_env(), pass_fds=(ready.write_fd,),
+                                   **popen_args)
+    finally:
+        ready.started()
+    return process, ready
 
 
 def take_ready_fd() -> int | None:

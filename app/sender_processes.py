@@ -35,7 +35,7 @@ import threading
 import time
 
 from app.config import Config
-from app.readiness import ReadySignal
+from app.readiness import ReadySignal, start_child
 
 log = logging.getLogger("nudge.senders")
 
@@ -132,14 +132,7 @@ class SenderProcess:
         return self.process.pid if self.process else None
 
     def start(self) -> None:
-        if self.ready is not None:
-            self.ready.close()
-        self.ready = ReadySignal()
-        try:
-            self.process = subprocess.Popen(self.args, env=self.ready.child_env(),
-                                            pass_fds=(self.ready.write_fd,))
-        finally:
-            self.ready.started()
+        self.process, self.ready = start_child(self.args, self.ready)
         self.started_at = time.monotonic()
         self.restart_at = None
 

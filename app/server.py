@@ -33,7 +33,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from app import RECEIVER_THREADS, worker_health
 from app.config import Config
 from app.log_escaping import escape_handlers
-from app.readiness import ReadySignal
+from app.readiness import ReadySignal, start_child
 from app.store import store_for
 
 log = logging.getLogger("nudge.server")
@@ -165,18 +165,11 @@ class Child:
 
     def start(self) -> None:
         stderr = subprocess.PIPE if self.relay_output else None
-        env, fds = None, ()
         if self.says_ready:
-            if self.ready is not None:
-                self.ready.close()
-            self.ready = ReadySignal()
-            env, fds = self.ready.child_env(), (self.ready.write_fd,)
-        try:
-            self.process = subprocess.Popen(self.args, preexec_fn=self._prepare, stderr=stderr,
-                                            env=env, pass_fds=fds)
-        finally:
-            if self.ready is not None:
-                self.ready.started()
+            self.process, self.ready = start_child(self.args, self.ready,
+                                                   preexec_fn=self._prepare, stderr=stderr)
+        else:
+            self.process = subprocess.Popen(self.args, preexec_fn=self._prepare, stderr=stderr)
         if self.relay_output:
             self.relay = OutputRelay(self.process.stderr)
             self.relay.start()

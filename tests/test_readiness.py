@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from app.readiness import ReadySignal
+from app.readiness import ReadySignal, start_child
 
 CHILD = """
 import sys, time
@@ -20,13 +20,7 @@ time.sleep(float(sys.argv[2]))
 
 
 def start(mode: str, linger: float) -> tuple[subprocess.Popen, ReadySignal]:
-    signal = ReadySignal()
-    try:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(linger)],
-                                 env=signal.child_env(), pass_fds=(signal.write_fd,))
-    finally:
-        signal.started()
-    return child, signal
+    return start_child([sys.executable, "-c", CHILD, mode, str(linger)])
 
 
 def test_a_child_that_says_it_is_ready_is_seen_ready_while_it_runs():
@@ -54,3 +48,15 @@ def test_a_child_still_starting_is_neither():
         child.kill()
         child.wait()
     assert signal.wait(10) is False
+
+
+def test_a_restart_gets_a_fresh_pipe_and_the_old_one_is_closed():
+    child, first = start("silent", 0)
+    child.wait(10)
+    again, second = start_child([sys.executable, "-c", CHILD, "ready", "30"], first)
+    try:
+        assert first.poll() is None  # closed unread: it says nothing any more
+        assert second.wait(30) is True
+    finally:
+        again.kill()
+        again.wait()
