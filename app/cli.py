@@ -142,6 +142,7 @@ def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | 
         stop_with_parent,
     )
     from app.server import freeze_heap
+    from app.signal_actions import on_signals
     from app.worker import DeliveryWorker, watch_parent
 
     ready_fd = take_ready_fd()  # before any process is started from here
@@ -169,18 +170,16 @@ def _run_worker(ctx: Context, sender_connections: int | None, parent_pid: int | 
         raise click.ClickException(f"cannot start the delivery worker: {exc}") from None
     senders = None if sends_here else SenderProcesses(config, ctx.config_path, shares)
 
-    def stop(_signum, _frame):
+    def stop(_sig: signal.Signals) -> None:
         delivery_worker.stop()  # the sender processes are stopped when this is set
 
-    def reload(signum, _frame):
+    def reload(sig: signal.Signals) -> None:
         templates.request_reload()
         if senders:
-            senders.forward(signum)
+            senders.forward(sig)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     templates = delivery_worker.deliverer.templates
-    signal.signal(signal.SIGHUP, reload)
+    on_signals({signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: reload})
     templates.start_watching()  # also picks up edited files, without a signal
     if sender:
         stop_with_parent()

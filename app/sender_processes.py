@@ -178,7 +178,7 @@ class SenderProcesses:
         self._thread.start()
 
     def forward(self, signum: int) -> None:
-        """Pass a signal (SIGHUP) on to every sender process; safe in a signal handler."""
+        """Pass a signal (SIGHUP) on to every sender process."""
         with self._lock:
             self._signals.append(signal.Signals(signum))
 

@@ -34,6 +34,7 @@ from app import RECEIVER_THREADS, worker_health
 from app.config import Config
 from app.log_escaping import escape_handlers
 from app.readiness import ReadySignal, start_child
+from app.signal_actions import on_signals
 from app.store import store_for
 
 log = logging.getLogger("nudge.server")
@@ -266,11 +267,11 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
     listeners = [child for child in (receiver, public) if child]
     stopping = threading.Event()
 
-    def request_stop(signum, _frame):
-        log.info("received %s: stopping", signal.Signals(signum).name)
+    def request_stop(sig: signal.Signals) -> None:
+        log.info("received %s: stopping", sig.name)
         stopping.set()
 
-    def reload_templates(_signum, _frame):
+    def reload_templates(_sig: signal.Signals) -> None:
         # The worker renders the emails; it reloads templates and rules on SIGHUP.
         if worker.running():
             worker.process.send_signal(signal.SIGHUP)
@@ -281,9 +282,8 @@ def serve(config: Config, config_path: str | None, bind: str, workers: int) -> i
         health = health.started(worker.process.pid, time.time())
         worker_health.write(health_path, health)
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGHUP, reload_templates)
+    on_signals({signal.SIGTERM: request_stop, signal.SIGINT: request_stop,
+                signal.SIGHUP: reload_templates})
     start_worker()
     for listener in listeners:
         listener.start()

@@ -175,7 +175,7 @@ class TemplateSet:
         return True
 
     def request_reload(self) -> None:
-        """Ask the watcher to reload now (safe to call from a signal handler)."""
+        """Ask the watcher to reload now."""
         self._reload_requested.set()
 
     def start_watching(self) -> None:

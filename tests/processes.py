@@ -39,6 +39,8 @@ class NudgeProcess:
         self.command = command
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("NUDGE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+        # A hung process that gets SIGABRT writes every thread's stack to its log (see stop).
+        self.env["PYTHONFAULTHANDLER"] = "1"
         self.env.update(env or {})
         self.process: subprocess.Popen | None = None
 
@@ -70,7 +72,21 @@ class NudgeProcess:
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Every process of the group dumps its threads' stacks (PYTHONFAULTHANDLER) and
+            # dies: the failure then shows where it hung.
+            for pid in [*reversed(descendants(self.process.pid)), self.process.pid]:
+                try:
+                    os.kill(pid, signal.SIGABRT)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
+            self.kill_group()
+            raise AssertionError(
+                f"`nudge {' '.join(self.command)}` did not stop within {timeout:g}s of "
+                f"{signal.Signals(sig).name}; its log:\n{self.output}") from None
         self.log.close()
         return code
 
@@ -89,6 +105,14 @@ class NudgeProcess:
             return True
         except ProcessLookupError:
             return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, children first."""
+    found = list(children(pid))
+    for child in list(found):
+        found += descendants(child)
+    return found
 
 
 def children(pid: int) -> dict[int, list[bytes]]:
