@@ -109,7 +109,9 @@ class DeliveryWorker:
         self.work: queue.Queue[tuple[Delivery, tuple[set[str], set[str]] | None] | None] = \
             queue.Queue()
         self.slots = threading.Semaphore(self.senders * 2)
-        self.claim_batch = max(2, self.senders // 2)  # senders a claim waits for, at most
+        # Senders a claim waits for, at most: as many as it may claim ahead (slots), so that
+        # a small pool claims as many emails per transaction as a big one.
+        self.claim_batch = max(2, self.senders)
         self.threads: list[threading.Thread] = []
 
     def run(self, started: Callable[[], None] | None = None) -> None:
@@ -224,9 +226,12 @@ class DeliveryWorker:
             self.store.close()
 
     def _suppressions_of(self, claimed: list[Delivery]) -> dict[str, tuple[set[str], set[str]]]:
-        """The claimed users' suppressions in one query (a sender asks itself if this fails)."""
+        """The claimed users' suppressions: read with the claim (PostgreSQL), or in one query (a
+        sender asks itself if this fails)."""
         if not claimed:
             return {}
+        if all(delivery.suppressions is not None for delivery in claimed):
+            return {delivery.user_id: delivery.suppressions for delivery in claimed}
         try:
             return self.store.users_suppressions(delivery.user_id for delivery in claimed)
         except StorageError:

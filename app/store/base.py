@@ -162,6 +162,9 @@ class Delivery:
     lease_until: float | None = None  # when the claim expires unless renewed
     held_seconds: float = 0.0  # held back so far (quiet hours, the cap): not part of its age
     resolved: bool = False  # its alert resolved while it was being sent or had failed
+    # The user's (suppression scopes, suppressed categories), when the claim read them too.
+    suppressions: tuple[set[str], set[str]] | None = field(default=None, hash=False,
+                                                          compare=False)
 
     @property
     def created_epoch(self) -> float:

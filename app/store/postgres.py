@@ -7,7 +7,8 @@
 - `LISTEN/NOTIFY` wakes deciders (new notifications) and senders (new deliveries).
 - Migrations run once, under an advisory lock, so replicas can start at the same moment.
 - Connections come from a pool per process, sized to the threads that use it; the pool
-  replaces connections broken by a server restart.
+  replaces connections broken by a server restart. They are in autocommit mode: an operation
+  that is one statement costs one round trip; the others open a transaction.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from app.store.base import (
     DEAD,
     FAILED,
     QUEUED,
-    SENT,
     TABLES,
     ChangeWatcher,
     DecisionBatch,
@@ -250,25 +250,36 @@ class PostgresStore(Listings, Store):
                 if self._pool is None or self._pool_pid != os.getpid():
                     pool = ConnectionPool(
                         self.url, min_size=1, max_size=self.pool_size, open=False,
-                        kwargs=self._connect_kwargs(), timeout=POOL_TIMEOUT,
-                        # A connection broken by a server restart is replaced, not handed out.
-                        check=ConnectionPool.check_connection, name="nudge",
+                        kwargs=self._pool_kwargs(), timeout=POOL_TIMEOUT,
+                        check=_check_if_idle, reset=_note_returned, name="nudge",
                     )
                     pool.open(wait=False)
                     self._pool, self._pool_pid = pool, os.getpid()
         return self._pool
 
+    def _pool_kwargs(self) -> dict[str, Any]:
+        # Autocommit: a single statement is a transaction by itself (_statement), without
+        # the BEGIN and COMMIT round trips; _transaction opens one explicitly.
+        return {**self._connect_kwargs(), "autocommit": True}
+
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[psycopg.Connection]:
-        """One transaction on a pooled connection: committed on success, else rolled back."""
+    def _statement(self, what: str) -> Iterator[psycopg.Connection]:
+        """A pooled connection on which each statement commits by itself: for operations that
+        are one statement (one round trip instead of three)."""
         try:
             pool = self._get_pool()
             if self.password_file is not None:
-                pool.kwargs = self._connect_kwargs()
+                pool.kwargs = self._pool_kwargs()
             with pool.connection() as conn:
                 yield conn
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._error(what, exc) from exc
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[psycopg.Connection]:
+        """One transaction on a pooled connection: committed on success, else rolled back."""
+        with self._statement(what) as conn, conn.transaction():
+            yield conn
 
     def _direct(self) -> psycopg.Connection:
         """A connection of its own (migrations, LISTEN), outside the pool."""
@@ -404,8 +415,10 @@ class PostgresStore(Listings, Store):
     # -- delivery queue --------------------------------------------------------------------
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
         stamp = iso(now)
-        with self._transaction("cannot claim deliveries") as conn:
-            # SKIP LOCKED: rows another sender is claiming right now are left to it.
+        with self._statement("cannot claim deliveries") as conn:
+            # One statement, so one round trip and its own transaction. SKIP LOCKED: rows
+            # another sender is claiming right now are left to it. The new attempt's id is
+            # taken from its sequence first, so the claim can name it in the same statement.
             rows = conn.execute(
                 "WITH queued AS (SELECT id, next_attempt_at AS t FROM deliveries "
                 " WHERE status = 'queued' AND next_attempt_at <= %(now)s "
@@ -414,33 +427,32 @@ class PostgresStore(Listings, Store):
                 " WHERE status = 'sending' AND lease_until <= %(now)s "
                 " ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED), "
                 "chosen AS (SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM expired) "
-                " AS due ORDER BY t LIMIT %(n)s) "
-                "UPDATE deliveries AS d SET status = 'sending', lease_until = %(until)s, "
-                "attempts = d.attempts + 1, updated_at = %(stamp)s FROM chosen "
-                "WHERE d.id = chosen.id RETURNING d.id, d.rule, d.user_id, d.template, d.kind, "
-                "d.status, d.attempts, d.alert, d.external_url, "
-                "COALESCE(d.requeued_at, d.created_at), d.resolved_at IS NOT NULL",
+                " AS due ORDER BY t LIMIT %(n)s), "
+                "claimed AS (UPDATE deliveries AS d SET status = 'sending', "
+                " lease_until = %(until)s, attempts = d.attempts + 1, updated_at = %(stamp)s, "
+                " claim = nextval(pg_get_serial_sequence('attempts', 'id')) FROM chosen "
+                " WHERE d.id = chosen.id RETURNING d.id, d.rule, d.user_id, d.template, d.kind, "
+                " d.status, d.attempts, d.alert, d.external_url, "
+                " COALESCE(d.requeued_at, d.created_at) AS created_at, "
+                " d.resolved_at IS NOT NULL AS resolved, d.claim), "
+                # A previous claim whose lease ran out never finished: its attempt row says so.
+                # (Sub-statements share one snapshot: the attempt inserted below is not seen.)
+                "abandoned AS (UPDATE attempts SET outcome = 'abandoned', "
+                " finished_at = %(stamp)s, error = 'worker stopped before finishing; lease expired' "
+                " WHERE delivery_id IN (SELECT id FROM claimed) AND outcome = 'sending'), "
+                "logged AS (INSERT INTO attempts (id, delivery_id, attempt, started_at, outcome) "
+                " SELECT claim, id, attempts, %(stamp)s, 'sending' FROM claimed) "
+                # The users' suppressions, which the sender checks first, in the same trip.
+                "SELECT c.*, ARRAY(SELECT scope FROM suppressions AS s "
+                " WHERE s.user_id = c.user_id), ARRAY(SELECT category FROM "
+                " category_suppressions AS k WHERE k.user_id = c.user_id) FROM claimed AS c",
                 {"now": now, "n": limit, "until": now + lease, "stamp": stamp},
             ).fetchall()
-            if not rows:
-                return []
-            ids = [row[0] for row in rows]
-            # A previous claim whose lease ran out never finished: say so in its attempt row.
-            conn.execute(
-                "UPDATE attempts SET outcome = 'abandoned', finished_at = %s, "
-                "error = 'worker stopped before finishing; lease expired' "
-                "WHERE delivery_id = ANY(%s) AND outcome = 'sending'", (stamp, ids))
-            attempts = dict(conn.execute(
-                "INSERT INTO attempts (delivery_id, attempt, started_at, outcome) "
-                "SELECT d, a, %s, 'sending' FROM unnest(%s::bigint[], %s::int[]) AS t(d, a) "
-                "RETURNING delivery_id, id", (stamp, ids, [row[6] for row in rows])).fetchall())
-            conn.execute(
-                "UPDATE deliveries AS d SET claim = t.c FROM unnest(%s::bigint[], %s::bigint[]) "
-                "AS t(i, c) WHERE d.id = t.i", (ids, [attempts[i] for i in ids]))
         claimed = [Delivery(
             id=row[0], rule=row[1], user_id=row[2], template=row[3], kind=row[4], status=row[5],
             attempts=row[6], alert=json.loads(row[7]), external_url=row[8], created_at=row[9],
-            attempt_id=attempts[row[0]], lease_until=now + lease, resolved=row[10],
+            attempt_id=row[11], lease_until=now + lease, resolved=row[10],
+            suppressions=(set(row[12]), set(row[13])),
         ) for row in rows]
         claimed.sort(key=lambda delivery: delivery.id)
         return claimed
@@ -449,37 +461,39 @@ class PostgresStore(Listings, Store):
         if not outcomes:
             return []
         stamp = iso(now)
-        ids = [outcome.delivery.id for outcome in outcomes]
-        with self._transaction("cannot record the outcome of a delivery") as conn:
-            # One statement for the whole batch; only while each claim is still the
-            # delivery's current one.
+        with self._statement("cannot record the outcome of a delivery") as conn:
+            # One statement for the whole batch (one round trip, one transaction); a delivery
+            # is settled only while the claim is still its current one, and its attempt row
+            # says whether it was.
             current = {row[0] for row in conn.execute(
-                "UPDATE deliveries d SET status = v.status, lease_until = NULL, claim = NULL, "
-                "updated_at = %s, recipient = COALESCE(v.recipient, d.recipient), "
-                "last_error = v.error, next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at), "
-                "sent_at = CASE WHEN v.status = 'sent' THEN %s ELSE d.sent_at END "
-                "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], "
-                "%s::double precision[]) AS v(id, claim, status, recipient, error, retry_at) "
-                "WHERE d.id = v.id AND d.status = 'sending' AND d.claim = v.claim "
-                "RETURNING d.id",
-                (stamp, stamp, ids, [o.delivery.attempt_id for o in outcomes],
-                 [o.status for o in outcomes], [o.recipient for o in outcomes],
-                 [o.error for o in outcomes], [o.retry_at for o in outcomes])).fetchall()}
-            unsent = [o.delivery.id for o in outcomes if o.status != SENT]
-            if unsent:  # a send slot taken for these attempts is given back
-                conn.execute("DELETE FROM send_slots WHERE delivery_id = ANY(%s)", (unsent,))
-            logged = [o for o in outcomes if o.delivery.attempt_id is not None]
-            if logged:
-                conn.execute(
-                    "UPDATE attempts a SET outcome = v.outcome, finished_at = %s, "
-                    "recipient = v.recipient, error = v.error "
-                    "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) "
-                    "AS v(id, outcome, recipient, error) WHERE a.id = v.id",
-                    (stamp, [o.delivery.attempt_id for o in logged],
-                     [_attempt_outcome(o, o.delivery.id in current) for o in logged],
-                     [o.recipient for o in logged], [o.error for o in logged]))
+                "WITH v AS (SELECT * FROM unnest(%(ids)s::bigint[], %(claims)s::bigint[], "
+                " %(statuses)s::text[], %(recipients)s::text[], %(errors)s::text[], "
+                " %(retries)s::double precision[], %(outcomes)s::text[]) "
+                " AS v(id, claim, status, recipient, error, retry_at, outcome)), "
+                "settled AS (UPDATE deliveries d SET status = v.status, lease_until = NULL, "
+                " claim = NULL, updated_at = %(stamp)s, "
+                " recipient = COALESCE(v.recipient, d.recipient), last_error = v.error, "
+                " next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at), "
+                " sent_at = CASE WHEN v.status = 'sent' THEN %(stamp)s ELSE d.sent_at END "
+                " FROM v WHERE d.id = v.id AND d.status = 'sending' AND d.claim = v.claim "
+                " RETURNING d.id), "
+                # A send slot taken for an attempt that did not send is given back.
+                "slots AS (DELETE FROM send_slots WHERE delivery_id IN "
+                " (SELECT id FROM v WHERE status <> 'sent')), "
+                "logged AS (UPDATE attempts a SET finished_at = %(stamp)s, "
+                " recipient = v.recipient, error = v.error, outcome = CASE "
+                " WHEN v.id IN (SELECT id FROM settled) THEN v.outcome "
+                " ELSE v.outcome || ' (after its lease expired)' END FROM v WHERE a.id = v.claim) "
+                "SELECT id FROM settled",
+                {"stamp": stamp, "ids": [o.delivery.id for o in outcomes],
+                 "claims": [o.delivery.attempt_id for o in outcomes],
+                 "statuses": [o.status for o in outcomes],
+                 "recipients": [o.recipient for o in outcomes],
+                 "errors": [o.error for o in outcomes],
+                 "retries": [o.retry_at for o in outcomes],
+                 "outcomes": [_attempt_outcome(o) for o in outcomes]}).fetchall()}
             if any(o.status == QUEUED and o.delivery.id in current for o in outcomes):
-                conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
+                conn.execute(f"NOTIFY {QUEUE_CHANNEL}")  # a retry is due some time: recompute
         return [outcome.delivery.id in current for outcome in outcomes]
 
     def release(self, delivery: Delivery, now: float, retry_at: float | None = None) -> None:
@@ -499,7 +513,7 @@ class PostgresStore(Listings, Store):
     def renew_leases(self, deliveries: Sequence[Delivery], until: float) -> set[int]:
         if not deliveries:
             return set()
-        with self._transaction("cannot renew leases") as conn:
+        with self._statement("cannot renew leases") as conn:
             rows = conn.execute(
                 "UPDATE deliveries AS d SET lease_until = %s "
                 "FROM unnest(%s::bigint[], %s::bigint[]) AS t(i, c) "
@@ -509,7 +523,7 @@ class PostgresStore(Listings, Store):
         return {row[0] for row in rows}
 
     def next_due_at(self) -> float | None:
-        with self._transaction("cannot read the queue") as conn:
+        with self._statement("cannot read the queue") as conn:
             return conn.execute(
                 "SELECT LEAST((SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'queued'),"
                 " (SELECT MIN(lease_until) FROM deliveries WHERE status = 'sending'))"
@@ -518,7 +532,7 @@ class PostgresStore(Listings, Store):
     def queue_stats(self, now: float) -> QueueStats:
         from app.alerts import parse_time
 
-        with self._transaction("cannot read the queue") as conn:
+        with self._statement("cannot read the queue") as conn:
             # Emails held back (quiet hours, the cap) wait on purpose: not a backlog.
             depth, oldest = conn.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM deliveries "
@@ -528,7 +542,7 @@ class PostgresStore(Listings, Store):
         return QueueStats(depth, max(0.0, now - parse_time(oldest).timestamp()))
 
     def _rows(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        with self._transaction("cannot read the database") as conn:
+        with self._statement("cannot read the database") as conn:
             cursor = conn.execute(query, params)
             names = [column.name for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -661,38 +675,38 @@ class PostgresStore(Listings, Store):
 
     # -- suppressions ----------------------------------------------------------------------
     def suppression_scopes(self, user_id: str) -> set[str]:
-        with self._transaction("cannot read suppressions") as conn:
+        with self._statement("cannot read suppressions") as conn:
             rows = conn.execute("SELECT scope FROM suppressions WHERE user_id = %s", (user_id,))
             return {row[0] for row in rows}
 
     def add_suppression(self, user_id: str, scope: str, source: str, now: float) -> bool:
-        with self._transaction("cannot record the unsubscribe") as conn:
+        with self._statement("cannot record the unsubscribe") as conn:
             return conn.execute(
                 "INSERT INTO suppressions (user_id, scope, source, created_at) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (user_id, scope, source, iso(now))).rowcount == 1
 
     def remove_suppression(self, user_id: str, scope: str) -> bool:
-        with self._transaction("cannot remove the suppression") as conn:
+        with self._statement("cannot remove the suppression") as conn:
             return conn.execute("DELETE FROM suppressions WHERE user_id = %s AND scope = %s",
                                 (user_id, scope)).rowcount > 0
 
     def suppressed_categories(self, user_id: str) -> set[str]:
-        with self._transaction("cannot read suppressions") as conn:
+        with self._statement("cannot read suppressions") as conn:
             rows = conn.execute(
                 "SELECT category FROM category_suppressions WHERE user_id = %s", (user_id,))
             return {row[0] for row in rows}
 
     def add_category_suppression(self, user_id: str, category: str, source: str,
                                  now: float) -> bool:
-        with self._transaction("cannot record the unsubscribe") as conn:
+        with self._statement("cannot record the unsubscribe") as conn:
             return conn.execute(
                 "INSERT INTO category_suppressions (user_id, category, source, created_at) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (user_id, category, source, iso(now))).rowcount == 1
 
     def remove_category_suppression(self, user_id: str, category: str) -> bool:
-        with self._transaction("cannot remove the suppression") as conn:
+        with self._statement("cannot remove the suppression") as conn:
             return conn.execute(
                 "DELETE FROM category_suppressions WHERE user_id = %s AND category = %s",
                 (user_id, category)).rowcount > 0
@@ -730,6 +744,23 @@ class PostgresStore(Listings, Store):
                     "COALESCE((SELECT MAX(id) FROM {i}), 0) + 1, false)").format(
                         t=sql.Literal(table), i=sql.Identifier(table)))
         return counts
+
+
+# A pooled connection handed out again within this many seconds of its last use is not
+# checked with a round trip first: under load that check cost a round trip per transaction.
+# One broken meanwhile (the server restarted) fails its statement, which reports the storage
+# unavailable as any outage does, and the pool replaces it; one idle for longer is checked.
+CHECK_AFTER_IDLE = 1.0
+
+
+def _note_returned(conn: psycopg.Connection) -> None:
+    conn._nudge_returned_at = time.monotonic()
+
+
+def _check_if_idle(conn: psycopg.Connection) -> None:
+    returned_at = getattr(conn, "_nudge_returned_at", None)
+    if returned_at is None or time.monotonic() - returned_at > CHECK_AFTER_IDLE:
+        ConnectionPool.check_connection(conn)
 
 
 class _PostgresDecisionBatch(DecisionBatch):
@@ -916,7 +947,7 @@ class _FleetRateLimiter(RateReservation):
             time.sleep(wait)
 
 
-def _attempt_outcome(outcome: Outcome, current: bool) -> str:
-    """What the attempt log says of an attempt's end."""
-    text = "retry" if outcome.status == QUEUED else outcome.status
-    return text if current else f"{text} (after its lease expired)"
+def _attempt_outcome(outcome: Outcome) -> str:
+    """What the attempt log says of an attempt's end (settle_many adds whether its claim was
+    still current)."""
+    return "retry" if outcome.status == QUEUED else outcome.status
