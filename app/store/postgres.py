@@ -328,25 +328,31 @@ class PostgresStore(Listings, Store):
             raise SchemaMismatch(f"database schema {version}, expected {SCHEMA_VERSION}")
 
     # -- journal ---------------------------------------------------------------------------
+    # Rows per INSERT: 7 parameters each, far below the protocol's 65,535.
+    APPEND_ROWS = 1000
+
     def append_notifications(self, entries: Sequence[JournalEntry]) -> list[int]:
-        with self._transaction("could not store notification") as conn:
-            # One row per statement, pipelined: bodies of hundreds of kilobytes cost far more
-            # to quote inside an array parameter than to send as parameters of their own.
-            with conn.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO notifications (received_at, receiver, status, group_key, "
-                    "alert_count, truncated_alerts, body) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "RETURNING id",
-                    [(iso(e.received_at), e.receiver, e.status, e.group_key, e.alert_count,
-                      e.truncated_alerts, e.body.decode() if isinstance(e.body, bytes) else e.body)
-                     for e in entries],
-                    returning=True)
-                ids = []
-                while True:
-                    ids.append(cursor.fetchone()[0])
-                    if not cursor.nextset():
-                        break
-            conn.execute(f"NOTIFY {JOURNAL_CHANNEL}")
+        rows = [(iso(e.received_at), e.receiver, e.status, e.group_key, e.alert_count,
+                 e.truncated_alerts, e.body.decode() if isinstance(e.body, bytes) else e.body)
+                for e in entries]
+        # One statement (one round trip, committed by itself) for what the receivers gathered:
+        # each body a parameter of its own (quoting hundreds of kilobytes inside an array
+        # costs far more), and the NOTIFY that wakes the deciders in the same trip.
+        many = len(rows) > self.APPEND_ROWS
+        with (self._transaction if many else self._statement)("could not store notification"
+                                                              ) as conn:
+            ids: list[int] = []
+            for start in range(0, len(rows), self.APPEND_ROWS):
+                chunk = rows[start:start + self.APPEND_ROWS]
+                values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+                # Identity values are drawn in the order of the VALUES rows: sorted ids are
+                # the entries' ids in order.
+                ids += sorted(row[0] for row in conn.execute(
+                    "WITH appended AS (INSERT INTO notifications (received_at, receiver, status, "
+                    "group_key, alert_count, truncated_alerts, body) VALUES " + values +
+                    " RETURNING id) SELECT appended.id FROM appended, "
+                    f"(SELECT pg_notify('{JOURNAL_CHANNEL}', '')) AS woken",
+                    [value for row in chunk for value in row]).fetchall())
         return ids
 
     def pending_notifications(self, max_notifications: int, max_alerts: int
@@ -354,18 +360,19 @@ class PostgresStore(Listings, Store):
         # A short claim (claimed_until), so deciders on other replicas take the next batch
         # instead of parsing this one too. The claim is only a hint: `deciding` re-checks.
         now = time.time()
-        with self._transaction("cannot read the journal") as conn:
-            # Losing this claim in a crash only lets another decider look at the batch sooner.
-            conn.execute("SET LOCAL synchronous_commit = off")
+        with self._statement("cannot read the journal") as conn:
+            # One statement. Losing this claim in a crash only lets another decider look at the
+            # batch sooner: its commit need not wait for the disk (set_config: this one only).
             rows = conn.execute(
-                "WITH candidates AS (SELECT id, alert_count FROM notifications "
+                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
+                "candidates AS (SELECT id, alert_count FROM notifications "
                 " WHERE decided_at IS NULL AND (claimed_until IS NULL OR claimed_until < %s) "
                 " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED), "
                 "chosen AS (SELECT id FROM (SELECT id, "
                 " SUM(alert_count) OVER (ORDER BY id) AS running, "
                 " ROW_NUMBER() OVER (ORDER BY id) AS position FROM candidates) AS c "
                 " WHERE position = 1 OR running <= %s) "
-                "UPDATE notifications AS n SET claimed_until = %s FROM chosen "
+                "UPDATE notifications AS n SET claimed_until = %s FROM chosen, relaxed "
                 "WHERE n.id = chosen.id RETURNING n.id, n.received_at, n.body",
                 (now, max_notifications, max_alerts, now + DECIDER_LEASE),
             ).fetchall()
@@ -562,11 +569,12 @@ class PostgresStore(Listings, Store):
     def reserve_send(self, interval: float, burst: float) -> float:
         """Seconds this sender must wait before its send, by the fleet's shared schedule (GCRA
         on the database's clock, so replicas' clocks need not agree)."""
-        with self._transaction("cannot reserve a send") as conn:
-            # Losing this update in a crash costs at most a slightly early send.
-            conn.execute("SET LOCAL synchronous_commit = off")
+        with self._statement("cannot reserve a send") as conn:
+            # One statement. Losing this update in a crash costs at most a slightly early
+            # send: its commit need not wait for the disk (set_config: this transaction only).
             (wait,) = conn.execute(
-                "WITH now AS (SELECT extract(epoch FROM clock_timestamp()) AS t) "
+                "WITH now AS (SELECT extract(epoch FROM clock_timestamp()) AS t, "
+                " set_config('synchronous_commit', 'off', true)) "
                 "INSERT INTO rate_limits AS r (name, theoretical_arrival) "
                 "SELECT 'smtp', now.t + %(i)s FROM now "
                 "ON CONFLICT (name) DO UPDATE SET theoretical_arrival = "

@@ -911,9 +911,13 @@ class _SQLiteDecisionBatch(DecisionBatch):
                 f"SELECT dedup_key, id FROM deliveries WHERE dedup_key IN "
                 f"({','.join('?' * len(part))})", part))
         for part in chunks(sorted(set(pairs)), MAX_PARAMS // 2):
+            # CROSS JOIN keeps the pairs as the outer loop, one primary-key lookup each: as
+            # `(rule, user_id) IN (VALUES ...)` SQLite scanned the whole table every batch, so
+            # deciding slowed down as the number of users grew.
             rows = self.conn.execute(
-                f"SELECT rule, user_id, last_queued_at FROM cooldowns WHERE (rule, user_id) IN "
-                f"(VALUES {','.join(['(?, ?)'] * len(part))})",
+                f"SELECT c.rule, c.user_id, c.last_queued_at FROM "
+                f"(VALUES {','.join(['(?, ?)'] * len(part))}) AS wanted CROSS JOIN cooldowns AS c "
+                f"ON c.rule = wanted.column1 AND c.user_id = wanted.column2",
                 [value for pair in part for value in pair])
             for rule, user_id, last in rows:
                 facts.last_queued[(rule, user_id)] = last
