@@ -33,7 +33,11 @@ together. They drain it to the SMTP sink, 20 ms per SMTP command as in benchmark
 `CONNECTIONS` SMTP connections in all (12 for one worker, 4 each for three: the relay's
 latency allows the same rate, 200 emails/s, to both). Rate from the first email accepted by
 the sink to the last; CPU per email of the workers (each one's process tree), and apart of
-the PostgreSQL server, from the due time to the last email.
+the PostgreSQL server, from the due time to the last email. A fourth delivery setup, one
+replica whose worker sends from 3 processes of 4 connections each, runs as many sending
+processes as the three replicas: CPU per email grows with the processes that share these
+cores, replicas or not, and that figure (no target) shows how much of the growth is left
+for the replicas themselves.
 
 The scale-out figures: on a 2-core machine three replicas cannot beat one, so the targets
 are that three reach at least 0.8 of one's throughput (claims by three processes on one
@@ -68,6 +72,11 @@ CLIENTS = 6  # load-generator connections: 6 on one replica, 2 on each of three
 CONNECTIONS = 12  # SMTP connections in all: 12 for one process, 4 each for three
 SQLITE, PG1, PG3 = "SQLite", "PostgreSQL x1", "PostgreSQL x3"
 SETUPS = ((SQLITE, 1), (PG1, 1), (PG3, 3))
+# Delivery only: one replica whose worker sends from 3 processes of 4 connections each, as
+# many sending processes as the three replicas run together. CPU per email grows with the
+# processes sharing these 2 cores, replicas or not; this setup tells the two apart.
+PG1_3 = "PostgreSQL x1, 3 sender processes"
+DRAIN_SETUPS = (*SETUPS, (PG1_3, 1))
 DECIDE_TIMEOUT = 600.0
 LATENCY = 0.02  # SMTP relay, seconds per command
 HELD_OFF = 3600.0  # seconds the senders wait for the relay that never answers
@@ -148,9 +157,10 @@ def _meter_total(meter: CpuMeter | None) -> float:
 
 
 def start_fleet(folder: Path, database: str | Path, smtp_url: str, replicas: int,
-                command: str) -> list[Nudge]:
+                command: str, processes: int = 1) -> list[Nudge]:
     """`replicas` processes (`nudge serve` or `nudge worker`) on one database, each with its own
-    folder (config file, metrics folder, outbox, log), started at once."""
+    folder (config file, metrics folder, outbox, log), started at once; each sends from
+    `processes` processes (delivery.processes)."""
     fleet = []
     for n in range(replicas):
         sub = folder / f"replica{n}"
@@ -160,7 +170,7 @@ def start_fleet(folder: Path, database: str | Path, smtp_url: str, replicas: int
         # One sending process per replica in every setup: three replicas with one process per
         # core each would run six senders on this machine's two cores, and the figure is
         # about replicas, not processes (benchmark 3 measures delivery.processes).
-        config["delivery"]["processes"] = 1
+        config["delivery"]["processes"] = processes
         if smtp_url.endswith(f"timeout={HELD_OFF:g}"):
             # Start-up refuses a lease shorter than one send can take at the URL's timeout.
             config["delivery"]["lease"] = f"{7 * HELD_OFF:g}s"
@@ -333,7 +343,7 @@ def set_due(database: str | Path, at: float) -> None:
 
 
 def drain_round(name: str, replicas: int, folder: Path, cluster: Cluster | None, sink: SmtpSink,
-                count: int, prefix: str) -> Drain:
+                count: int, prefix: str, processes: int = 1) -> Drain:
     database = _new_database(name, folder, cluster)
     config = nudge_config(folder, smtp_url=sink.url, connections=CONNECTIONS)
     config["database"] = str(database)
@@ -342,7 +352,7 @@ def drain_round(name: str, replicas: int, folder: Path, cluster: Cluster | None,
     if cluster is not None:
         cluster.checkpoint()
     before = sink.log.refresh()
-    fleet = start_fleet(folder, database, sink.url, replicas, "worker")
+    fleet = start_fleet(folder, database, sink.url, replicas, "worker", processes)
     try:
         due = time.time() + DUE_DELAY
         set_due(database, due)
@@ -381,7 +391,7 @@ def run(number: int, sizes: Sizes, workdir: Path) -> Result:
         result.seconds = time.monotonic() - started
         return result
     ingests: dict[str, list[dict[int, Ingest]]] = {name: [] for name, _ in SETUPS}
-    drains: dict[str, list[Drain]] = {name: [] for name, _ in SETUPS}
+    drains: dict[str, list[Drain]] = {name: [] for name, _ in DRAIN_SETUPS}
     sink = None
     try:
         sink = SmtpSink(workdir, LATENCY)
@@ -390,11 +400,11 @@ def run(number: int, sizes: Sizes, workdir: Path) -> Result:
                 ingests[name].append(ingest_round(
                     name, replicas, workdir / f"round{round_}" / f"ingest-{key}",
                     cluster if name != SQLITE else None, sizes, prefix=f"i{round_}{key}x"))
-            for key, (name, replicas) in enumerate(SETUPS):
+            for key, (name, replicas) in enumerate(DRAIN_SETUPS):
                 drains[name].append(drain_round(
                     name, replicas, workdir / f"round{round_}" / f"drain-{key}",
                     cluster if name != SQLITE else None, sink, sizes.replica_emails,
-                    prefix=f"d{round_}{key}x"))
+                    prefix=f"d{round_}{key}x", processes=3 if name == PG1_3 else 1))
     finally:
         if sink is not None:
             sink.stop()
@@ -481,6 +491,9 @@ def _report_drains(result: Result, drains: dict[str, list[Drain]], sizes: Sizes)
                baseline_label=f"{PG1} (1 worker)", target=">= 0.8"),
         Figure(f"{what}: PostgreSQL x3, CPU per email (all workers)", cpu(PG3), "ms",
                baseline=cpu(PG1), baseline_label=PG1, target="<= 1.2"),
+        # No target: it shows how much of the growth above is the replicas themselves.
+        Figure(f"{what}: PostgreSQL x3, CPU per email (all workers)", cpu(PG3), "ms",
+               baseline=cpu(PG1_3), baseline_label=f"{PG1_3} (as many as x3 runs)"),
     ]
     exact = all(r.emails == sizes.replica_emails and r.distinct == r.emails
                 for rs in drains.values() for r in rs)
