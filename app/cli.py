@@ -396,12 +396,16 @@ def copy_database(ctx: Context, target: str, target_password_file: str | None) -
     source = ctx.store()
     if str(target) == str(ctx.config.database):
         raise click.ClickException("TARGET is the configured database itself")
+    destination = None
     try:
         destination = open_store(target, password_file=target_password_file, pool_size=2)
         destination.migrate()
         counts = destination.import_rows(source.export_rows())
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if destination is not None:
+            destination.close_all()  # its pool's threads end here, not in a garbage collection
     click.echo(f"copied {ctx.config.database_description} into {destination.description}: "
                + ", ".join(f"{count} {table}" for table, count in counts.items()))
 
