@@ -160,6 +160,33 @@ def test_deciding_marks_notifications_decided_with_their_decisions(store):
     assert (delivery["id"], delivery["status"], delivery["user_id"]) == (delivery_id, QUEUED, "u1")
 
 
+@pytest.mark.parametrize("users", [3, 150])
+def test_a_batch_of_any_size_records_every_delivery_cooldown_and_decision(store, users):
+    """A few rows or hundreds (PostgreSQL writes a small batch as one statement, a big one
+    with COPY): the same rows either way."""
+    (notification_id,) = store.append_notifications([entry(alerts=users)])
+    names = [f"user{n:03d}" for n in range(users)]
+    now = time.time()
+    with store.deciding([notification_id]) as batch:
+        batch.facts([f"NoFirstApiCall/{name}/1" for name in names],
+                    [("NoFirstApiCall", name) for name in names])
+        ids = [batch.add_delivery(new_delivery(notification_id, name), now) for name in names]
+        batch.add_decisions([record(notification_id, delivery_id=i, user=name)
+                             for i, name in zip(ids, names, strict=True)]
+                            + [record(notification_id, "skipped", user="nobody")], now)
+    assert len(set(ids)) == users
+    deliveries = {d["id"]: d["user_id"] for d in store.list_deliveries(limit=1000)}
+    assert deliveries == dict(zip(ids, names, strict=True))
+    decisions = store.list_decisions(limit=1000)
+    assert sorted((d["user_id"], d["delivery_id"]) for d in decisions if d["delivery_id"]) == \
+        sorted(zip(names, ids, strict=True))
+    assert len(decisions) == users + 1
+    assert store.journal_stats(now).decided == 1
+    with store.deciding([]) as batch:
+        facts = batch.facts([], [("NoFirstApiCall", name) for name in names])
+    assert set(facts.last_queued) == {("NoFirstApiCall", name) for name in names}
+
+
 def test_a_failed_decision_batch_leaves_nothing_behind(store):
     (notification_id,) = store.append_notifications([entry()])
     with pytest.raises(RuntimeError), store.deciding([notification_id]) as batch:

@@ -392,12 +392,7 @@ class PostgresStore(Listings, Store):
                 "ORDER BY id FOR UPDATE", (list(notification_ids),))}
             batch = _PostgresDecisionBatch(conn, claimed)
             yield batch
-            batch.flush()
-            if claimed:
-                conn.execute("UPDATE notifications SET decided_at = %s, claimed_until = NULL "
-                             "WHERE id = ANY(%s)", (iso(), sorted(claimed)))
-            if batch.queued:
-                conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
+            batch.finish(iso())
 
     def journal_stats(self, now: float) -> JournalStats:
         from app.alerts import parse_time
@@ -772,6 +767,15 @@ def _check_if_idle(conn: psycopg.Connection) -> None:
 
 
 class _PostgresDecisionBatch(DecisionBatch):
+    """Reads the facts in one statement and, for a small batch, writes everything it decided
+    in one more: a trickle of one-alert notifications makes many small batches, and each
+    round trip saved is saved per batch. A big batch is written with COPY."""
+
+    # Rows (deliveries plus decisions) up to which the batch is written as one statement of
+    # array parameters; above it, COPY (quoting every alert inside an array costs more).
+    ONE_STATEMENT_ROWS = 200
+    ID_BLOCK = 500
+
     def __init__(self, conn: psycopg.Connection, claimed: set[int]):
         self.conn = conn
         self.claimed = claimed
@@ -779,34 +783,45 @@ class _PostgresDecisionBatch(DecisionBatch):
         self._ids: list[int] = []
         self._deliveries: list[tuple] = []
         self._cooldowns: dict[tuple[str, str], float] = {}
+        self._decisions: list[tuple] = []
 
     def facts(self, dedup_keys: Iterable[str], pairs: Iterable[tuple[str, str]]) -> Facts:
         pairs = sorted(set(pairs))
         # Lock every (rule, user) this batch judges, in one order for all deciders (no
-        # deadlock), before reading: another replica deciding the same pair waits here.
+        # deadlock), before reading: another replica deciding the same pair waits here. The
+        # facts are read by the next statement, whose snapshot is taken after the locks.
         locks = sorted({pair_lock_key(rule, user) for rule, user in pairs})
         if locks:
             self.conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k",
                               (locks,))
         facts = Facts()
         keys = sorted(set(dedup_keys))
-        if keys:
-            facts.deliveries.update(self.conn.execute(
-                "SELECT dedup_key, id FROM deliveries WHERE dedup_key = ANY(%s)", (keys,)))
-        if pairs:
-            for rule, user_id, last in self.conn.execute(
-                    "SELECT c.rule, c.user_id, c.last_queued_at FROM cooldowns AS c "
-                    "JOIN unnest(%s::text[], %s::text[]) AS t(r, u) "
-                    "ON c.rule = t.r AND c.user_id = t.u",
-                    ([p[0] for p in pairs], [p[1] for p in pairs])):
-                facts.last_queued[(rule, user_id)] = last
+        if not keys and not pairs:
+            return facts
+        # Deliveries by dedup key, the pairs' cooldowns and ids for the deliveries this batch
+        # may queue (at most one per pair), in one trip.
+        rows = self.conn.execute(
+            "SELECT 'd', dedup_key, NULL::text, id, NULL::float8 FROM deliveries "
+            " WHERE dedup_key = ANY(%(keys)s) "
+            "UNION ALL SELECT 'c', c.rule, c.user_id, NULL, c.last_queued_at FROM cooldowns AS c "
+            " JOIN unnest(%(rules)s::text[], %(users)s::text[]) AS t(r, u) "
+            " ON c.rule = t.r AND c.user_id = t.u "
+            "UNION ALL SELECT 'i', NULL, NULL, nextval(pg_get_serial_sequence('deliveries', "
+            " 'id')), NULL FROM generate_series(1, %(ids)s)",
+            {"keys": keys, "rules": [p[0] for p in pairs], "users": [p[1] for p in pairs],
+             "ids": len(pairs)}).fetchall()
+        for kind, first, second, number, last in rows:
+            if kind == "d":
+                facts.deliveries[first] = number
+            elif kind == "c":
+                facts.last_queued[(first, second)] = last
+            else:
+                self._ids.append(number)
+        self._ids.sort(reverse=True)
         return facts
 
-    ID_BLOCK = 500
-
     def add_delivery(self, delivery: NewDelivery, now: float) -> int:
-        # Ids from the sequence in blocks; the rows themselves are written in bulk (flush).
-        if not self._ids:
+        if not self._ids:  # more than facts() drew (a caller that did not ask for facts)
             self._ids = [row[0] for row in self.conn.execute(
                 "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) "
                 "FROM generate_series(1, %s)", (self.ID_BLOCK,))]
@@ -823,6 +838,7 @@ class _PostgresDecisionBatch(DecisionBatch):
         return delivery_id
 
     def flush(self) -> None:
+        """Write the deliveries and cooldowns gathered so far, with COPY."""
         if self._deliveries:
             with self.conn.cursor().copy(
                     "COPY deliveries (id, dedup_key, notification_id, rule, user_id, template, "
@@ -842,20 +858,65 @@ class _PostgresDecisionBatch(DecisionBatch):
 
     def cancel_resolved(self, firing_keys: Sequence[str], now: float
                         ) -> dict[str, tuple[int, str]]:
+        self.flush()  # a delivery queued earlier in this batch can be cancelled too
         return send_gates.cancel_resolved(self.conn, "%s", firing_keys, now)
 
     def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None:
-        self.flush()  # decisions refer to the deliveries
-        if not decisions:
-            return
         stamp = iso(now)
-        with self.conn.cursor().copy(
-                "COPY decisions (notification_id, created_at, rule, user_id, alert_status, "
-                "starts_at, fingerprint, outcome, reason, detail, delivery_id) FROM STDIN") as copy:
-            for d in decisions:
-                copy.write_row((d.notification_id, stamp, d.rule, d.user_id, d.alert_status,
-                                d.starts_at, d.fingerprint, d.outcome, d.reason, d.detail,
-                                d.delivery_id))
+        self._decisions += [(d.notification_id, stamp, d.rule, d.user_id, d.alert_status,
+                             d.starts_at, d.fingerprint, d.outcome, d.reason, d.detail,
+                             d.delivery_id) for d in decisions]
+
+    def finish(self, stamp: str) -> None:
+        """Write what was decided, mark the claimed notifications decided, wake the senders."""
+        if len(self._deliveries) + len(self._decisions) > self.ONE_STATEMENT_ROWS:
+            self._finish_with_copy(stamp)
+            return
+        deliveries = list(zip(*self._deliveries, strict=True)) or [[]] * 14
+        decisions = list(zip(*self._decisions, strict=True)) or [[]] * 11
+        cooldowns = list(self._cooldowns.items())
+        # Sub-statements of one statement: the decisions' references to the new deliveries
+        # are checked at its end, when those rows are in.
+        self.conn.execute(
+            "WITH queued AS (INSERT INTO deliveries (id, dedup_key, notification_id, rule, "
+            " user_id, template, kind, status, starts_at, alert, external_url, next_attempt_at, "
+            " created_at, updated_at) SELECT * FROM unnest(%(d0)s::bigint[], %(d1)s::text[], "
+            " %(d2)s::bigint[], %(d3)s::text[], %(d4)s::text[], %(d5)s::text[], %(d6)s::text[], "
+            " %(d7)s::text[], %(d8)s::text[], %(d9)s::text[], %(d10)s::text[], "
+            " %(d11)s::float8[], %(d12)s::text[], %(d13)s::text[])), "
+            "cooled AS (INSERT INTO cooldowns (rule, user_id, last_queued_at) "
+            " SELECT * FROM unnest(%(c_rules)s::text[], %(c_users)s::text[], %(c_at)s::float8[]) "
+            " ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at), "
+            "recorded AS (INSERT INTO decisions (notification_id, created_at, rule, user_id, "
+            " alert_status, starts_at, fingerprint, outcome, reason, detail, delivery_id) "
+            " SELECT * FROM unnest(%(x0)s::bigint[], %(x1)s::text[], %(x2)s::text[], "
+            " %(x3)s::text[], %(x4)s::text[], %(x5)s::text[], %(x6)s::text[], %(x7)s::text[], "
+            " %(x8)s::text[], %(x9)s::text[], %(x10)s::bigint[])), "
+            "done AS (UPDATE notifications SET decided_at = %(stamp)s, claimed_until = NULL "
+            " WHERE id = ANY(%(claimed)s)) "
+            f"SELECT pg_notify('{QUEUE_CHANNEL}', '') WHERE %(queued)s",
+            {**{f"d{n}": list(column) for n, column in enumerate(deliveries)},
+             **{f"x{n}": list(column) for n, column in enumerate(decisions)},
+             "c_rules": [r for (r, _), _ in cooldowns], "c_users": [u for (_, u), _ in cooldowns],
+             "c_at": [t for _, t in cooldowns], "stamp": stamp,
+             "claimed": sorted(self.claimed), "queued": bool(self.queued)})
+        self._deliveries, self._decisions, self._cooldowns = [], [], {}
+
+    def _finish_with_copy(self, stamp: str) -> None:
+        self.flush()  # decisions refer to the deliveries
+        if self._decisions:
+            with self.conn.cursor().copy(
+                    "COPY decisions (notification_id, created_at, rule, user_id, alert_status, "
+                    "starts_at, fingerprint, outcome, reason, detail, delivery_id) "
+                    "FROM STDIN") as copy:
+                for row in self._decisions:
+                    copy.write_row(row)
+            self._decisions = []
+        if self.claimed:
+            self.conn.execute("UPDATE notifications SET decided_at = %s, claimed_until = NULL "
+                              "WHERE id = ANY(%s)", (stamp, sorted(self.claimed)))
+        if self.queued:
+            self.conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
 
 
 class _ListenWatcher(ChangeWatcher):
