@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 CATEGORY_ANNOTATION = "nudge_category"
 TITLE_ANNOTATION = "nudge_title"
@@ -104,6 +105,7 @@ def email_list_id(rule: str, annotations: Mapping[str, str], domain: str) -> str
     return list_id(category_of(rule, annotations), title_of(rule, annotations), domain)
 
 
+@lru_cache(maxsize=64)  # the public URL's host, asked for every email
 def _is_host_name(domain: str) -> bool:
     try:
         ipaddress.ip_address(domain)

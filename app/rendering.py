@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -208,7 +209,16 @@ class SnapshotLoader(jinja2.BaseLoader):
         return sorted(self.sources)
 
 
-class EmailEnvironment(jinja2.Environment):
+class _Environment(jinja2.Environment):
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        # A plain dict, not Jinja's ChainMap: every `{% import %}` of every render subtracts
+        # a template's globals keys from its context's, and against a ChainMap's keys that
+        # set difference runs in Python (about a twentieth of a sender's time per email).
+        # Nudge never changes an environment's globals once templates are loaded.
+        return {**self.globals, **(d or {})}
+
+
+class EmailEnvironment(_Environment):
     """The environment of the subject and the text body, which escapes nothing; `html` is its
     twin for the HTML body, which escapes everything it renders.
 
@@ -244,7 +254,7 @@ def build_environment(templates_dir: str | Path) -> EmailEnvironment:
     reloads). The text environment is returned; its `html` twin shares the same files."""
     loader = SnapshotLoader(templates_dir)
     env = _environment(EmailEnvironment, loader, autoescape=False)
-    env.html = _environment(jinja2.Environment, loader, autoescape=True)
+    env.html = _environment(_Environment, loader, autoescape=True)
     return env
 
 

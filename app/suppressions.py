@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import lru_cache
 
 from itsdangerous import BadData, URLSafeSerializer
 
@@ -31,18 +32,24 @@ class Link:
     category: str | None = None
 
 
+@lru_cache(maxsize=8)
+def _serializer(secret_key: str) -> URLSafeSerializer:
+    """One per key: built once, not for every email."""
+    return URLSafeSerializer(secret_key, salt=_SALT)
+
+
 def make_token(secret_key: str, user_id: str, scope: str) -> str:
     """An old-style token (a rule name or ALL): what emails carried before categories."""
-    return URLSafeSerializer(secret_key, salt=_SALT).dumps({"u": user_id, "s": scope})
+    return _serializer(secret_key).dumps({"u": user_id, "s": scope})
 
 
 def make_category_token(secret_key: str, user_id: str, category: str) -> str:
-    return URLSafeSerializer(secret_key, salt=_SALT).dumps({"u": user_id, "c": category})
+    return _serializer(secret_key).dumps({"u": user_id, "c": category})
 
 
 def read_link(secret_key: str, token: str) -> Link:
     try:
-        data = URLSafeSerializer(secret_key, salt=_SALT).loads(token)
+        data = _serializer(secret_key).loads(token)
     except BadData:
         raise InvalidToken("this unsubscribe link is not valid") from None
     if not isinstance(data, dict) or not isinstance(data.get("u"), str):
