@@ -766,6 +766,13 @@ def _check_if_idle(conn: psycopg.Connection) -> None:
         ConnectionPool.check_connection(conn)
 
 
+# The columns a decision batch writes, in the order of its rows (COPY or unnest).
+_DELIVERY_COLUMNS = ("id, dedup_key, notification_id, rule, user_id, template, kind, status, "
+                     "starts_at, alert, external_url, next_attempt_at, created_at, updated_at")
+_DECISION_COLUMNS = ("notification_id, created_at, rule, user_id, alert_status, starts_at, "
+                     "fingerprint, outcome, reason, detail, delivery_id")
+
+
 class _PostgresDecisionBatch(DecisionBatch):
     """Reads the facts in one statement and, for a small batch, writes everything it decided
     in one more: a trickle of one-alert notifications makes many small batches, and each
@@ -840,12 +847,7 @@ class _PostgresDecisionBatch(DecisionBatch):
     def flush(self) -> None:
         """Write the deliveries and cooldowns gathered so far, with COPY."""
         if self._deliveries:
-            with self.conn.cursor().copy(
-                    "COPY deliveries (id, dedup_key, notification_id, rule, user_id, template, "
-                    "kind, status, starts_at, alert, external_url, next_attempt_at, created_at, "
-                    "updated_at) FROM STDIN") as copy:
-                for row in self._deliveries:
-                    copy.write_row(row)
+            self._copy("deliveries", _DELIVERY_COLUMNS, self._deliveries)
             self._deliveries = []
         if self._cooldowns:
             items = list(self._cooldowns.items())
@@ -878,17 +880,15 @@ class _PostgresDecisionBatch(DecisionBatch):
         # Sub-statements of one statement: the decisions' references to the new deliveries
         # are checked at its end, when those rows are in.
         self.conn.execute(
-            "WITH queued AS (INSERT INTO deliveries (id, dedup_key, notification_id, rule, "
-            " user_id, template, kind, status, starts_at, alert, external_url, next_attempt_at, "
-            " created_at, updated_at) SELECT * FROM unnest(%(d0)s::bigint[], %(d1)s::text[], "
+            f"WITH queued AS (INSERT INTO deliveries ({_DELIVERY_COLUMNS}) "
+            "SELECT * FROM unnest(%(d0)s::bigint[], %(d1)s::text[], "
             " %(d2)s::bigint[], %(d3)s::text[], %(d4)s::text[], %(d5)s::text[], %(d6)s::text[], "
             " %(d7)s::text[], %(d8)s::text[], %(d9)s::text[], %(d10)s::text[], "
             " %(d11)s::float8[], %(d12)s::text[], %(d13)s::text[])), "
             "cooled AS (INSERT INTO cooldowns (rule, user_id, last_queued_at) "
             " SELECT * FROM unnest(%(c_rules)s::text[], %(c_users)s::text[], %(c_at)s::float8[]) "
             " ON CONFLICT (rule, user_id) DO UPDATE SET last_queued_at = excluded.last_queued_at), "
-            "recorded AS (INSERT INTO decisions (notification_id, created_at, rule, user_id, "
-            " alert_status, starts_at, fingerprint, outcome, reason, detail, delivery_id) "
+            f"recorded AS (INSERT INTO decisions ({_DECISION_COLUMNS}) "
             " SELECT * FROM unnest(%(x0)s::bigint[], %(x1)s::text[], %(x2)s::text[], "
             " %(x3)s::text[], %(x4)s::text[], %(x5)s::text[], %(x6)s::text[], %(x7)s::text[], "
             " %(x8)s::text[], %(x9)s::text[], %(x10)s::bigint[])), "
@@ -902,15 +902,15 @@ class _PostgresDecisionBatch(DecisionBatch):
              "claimed": sorted(self.claimed), "queued": bool(self.queued)})
         self._deliveries, self._decisions, self._cooldowns = [], [], {}
 
+    def _copy(self, table: str, columns: str, rows: list[tuple]) -> None:
+        with self.conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def _finish_with_copy(self, stamp: str) -> None:
         self.flush()  # decisions refer to the deliveries
         if self._decisions:
-            with self.conn.cursor().copy(
-                    "COPY decisions (notification_id, created_at, rule, user_id, alert_status, "
-                    "starts_at, fingerprint, outcome, reason, detail, delivery_id) "
-                    "FROM STDIN") as copy:
-                for row in self._decisions:
-                    copy.write_row(row)
+            self._copy("decisions", _DECISION_COLUMNS, self._decisions)
             self._decisions = []
         if self.claimed:
             self.conn.execute("UPDATE notifications SET decided_at = %s, claimed_until = NULL "
