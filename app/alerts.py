@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _FRACTION = re.compile(r"\.(\d+)")
@@ -84,6 +86,68 @@ class NotificationHead:
     truncated_alerts: int
 
 
+class _AlertShape(msgspec.Struct, gc=False):
+    """The types `_plainly_valid` accepts in an alert (unknown fields ignored)."""
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    startsAt: str  # noqa: N815 - Alertmanager's names, as msgspec matches them
+    annotations: dict[str, str] | None = None
+    endsAt: str | None = None  # noqa: N815
+    generatorURL: str | None = None  # noqa: N815
+    fingerprint: str | None = None
+
+
+class _NotificationShape(msgspec.Struct, gc=False):
+    """The types `_plainly_valid` accepts in a notification (unknown fields ignored)."""
+
+    version: Literal["4"]
+    alerts: list[_AlertShape]
+    receiver: str | None = None
+    status: str | None = None
+    groupKey: str | None = None  # noqa: N815
+    externalURL: str | None = None  # noqa: N815
+    groupLabels: dict[str, str] | None = None  # noqa: N815
+    truncatedAlerts: int = 0  # noqa: N815
+
+
+_SHAPE = msgspec.json.Decoder(_NotificationShape)
+
+
+def check_body(body: bytes) -> NotificationHead:
+    """Check that a body is a whole, valid v4 notification (PayloadError if not).
+
+    The webhook's check. A plain notification is decoded and type-checked in one pass by
+    msgspec's C decoder (a third of what `json.loads` and `check_notification` cost together);
+    anything it does not accept as plain goes through `json.loads` and `check_notification`,
+    which have the last word and name the problem. Like `json.loads`, msgspec keeps the last
+    of duplicate keys, so both read the same notification."""
+    if not _risky_escape(body) and (b"\xed" not in body or not _RAW_SURROGATE.search(body)):
+        try:
+            shape = _SHAPE.decode(body)
+        except msgspec.MsgspecError:
+            pass  # not plain: the full check names the problem, or accepts it after all
+        else:
+            alerts = shape.alerts
+            if (shape.truncatedAlerts >= 0
+                    and all(map(_plain_utc_time, {alert.startsAt for alert in alerts}))
+                    and all(map(_plain_end_time, {alert.endsAt for alert in alerts}))):
+                return NotificationHead(shape.receiver or "", shape.status or "",
+                                        shape.groupKey or "", len(alerts),
+                                        shape.truncatedAlerts)
+    try:
+        # Decoded before parsing: json.loads would guess UTF-16/32 for bytes, and let raw
+        # surrogates through.
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("body is not UTF-8 text") from None
+    return check_notification(parse_json(text), body)
+
+
+def _plain_end_time(ends_at: str | None) -> bool:
+    return not ends_at or ends_at.startswith("0001-") or _plain_utc_time(ends_at)
+
+
 def check_notification(data: Any, body: bytes) -> NotificationHead:
     """Check that a parsed body is a whole, valid v4 notification (PayloadError if not).
 
@@ -152,8 +216,7 @@ def _plainly_valid(data: dict) -> bool:
         if type(starts_at) is not str or not _plain_utc_time(starts_at):
             return False
         ends_at = alert.get("endsAt")
-        if ends_at is not None and (type(ends_at) is not str or not (
-                not ends_at or ends_at.startswith("0001-") or _plain_utc_time(ends_at))):
+        if ends_at is not None and (type(ends_at) is not str or not _plain_end_time(ends_at)):
             return False
         for key in ("generatorURL", "fingerprint"):
             value = alert.get(key)

@@ -23,7 +23,7 @@ from flask import Blueprint, Response, current_app, request
 from gunicorn.http.errors import ParseException as ServerParseError
 
 from app import metrics
-from app.alerts import PayloadError, check_notification, parse_json
+from app.alerts import PayloadError, check_body
 from app.config import Config
 from app.store import JournalEntry, StorageError
 
@@ -78,13 +78,8 @@ def accept(environ: dict, config: Config, journal) -> tuple[int, dict[str, str],
         log.warning("rejected request: %s", exc)
         return _answer(400, str(exc), CLOSE)
     try:
-        try:
-            # Journaled as received, so it must be UTF-8 as it is. Decoded before parsing:
-            # json.loads would guess UTF-16/32 for bytes, and let raw surrogates through.
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PayloadError("body is not UTF-8 text") from None
-        notification = check_notification(parse_json(text), body)
+        # Journaled as received, so it must be UTF-8 as it is (check_body makes sure).
+        notification = check_body(body)
     except PayloadError as exc:
         log.warning("rejected notification: %s", exc)
         return _answer(400, str(exc))
