@@ -84,10 +84,13 @@ class Decider:
         self.max_alerts = max_alerts
         self._settings_memo: dict = {}
 
-    def decide_batch(self, max_notifications: int | None = None) -> BatchReport | None:
-        """Decide the oldest undecided notifications; None when there were none."""
-        pending = self.store.pending_notifications(max_notifications or self.max_notifications,
-                                                   self.max_alerts)
+    def decide_batch(self, max_notifications: int | None = None,
+                     waited: float | None = None) -> BatchReport | None:
+        """Decide the oldest undecided notifications (with `waited`, only those that have
+        waited at least that many seconds); None when there were none."""
+        pending = self.store.pending_notifications(
+            max_notifications or self.max_notifications, self.max_alerts,
+            None if waited is None else time.time() - waited)
         if not pending:
             return None
         return self._decide(pending)
@@ -198,7 +201,7 @@ class Decider:
                 try:
                     if watcher is None:
                         watcher = self.store.watch_journal()
-                    report = self.decide_batch()
+                    report = self.decide_batch(waited=watcher.backlog_age)
                     if report is None:
                         watcher.wait(IDLE_WAIT, stopping)
                     elif report.queued:

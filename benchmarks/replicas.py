@@ -37,7 +37,8 @@ the PostgreSQL server, from the due time to the last email. A fourth delivery se
 replica whose worker sends from 3 processes of 4 connections each, runs as many sending
 processes as the three replicas: CPU per email grows with the processes that share these
 cores, replicas or not, and that figure (no target) shows how much of the growth is left
-for the replicas themselves.
+for the replicas themselves. Ingest has its like: one replica with 6 receiver workers, as
+many as the three replicas run together.
 
 The scale-out figures: on a 2-core machine three replicas cannot beat one, so the targets
 are that three reach at least 0.8 of one's throughput (claims by three processes on one
@@ -77,6 +78,10 @@ SETUPS = ((SQLITE, 1), (PG1, 1), (PG3, 3))
 # processes sharing these 2 cores, replicas or not; this setup tells the two apart.
 PG1_3 = "PostgreSQL x1, 3 sender processes"
 DRAIN_SETUPS = (*SETUPS, (PG1_3, 1))
+# Ingest only, for the same reason: one replica with as many receiver workers as the three
+# replicas run together (2 each, the default on 2 cores).
+PG1_6 = "PostgreSQL x1, 6 receiver workers"
+INGEST_SETUPS = (*SETUPS, (PG1_6, 1))
 DECIDE_TIMEOUT = 600.0
 LATENCY = 0.02  # SMTP relay, seconds per command
 HELD_OFF = 3600.0  # seconds the senders wait for the relay that never answers
@@ -157,15 +162,17 @@ def _meter_total(meter: CpuMeter | None) -> float:
 
 
 def start_fleet(folder: Path, database: str | Path, smtp_url: str, replicas: int,
-                command: str, processes: int = 1) -> list[Nudge]:
+                command: str, processes: int = 1, workers: int | None = None) -> list[Nudge]:
     """`replicas` processes (`nudge serve` or `nudge worker`) on one database, each with its own
     folder (config file, metrics folder, outbox, log), started at once; each sends from
-    `processes` processes (delivery.processes)."""
+    `processes` processes (delivery.processes) and, given `workers`, receives with that many
+    receiver workers (server.workers; else the default)."""
     fleet = []
     for n in range(replicas):
         sub = folder / f"replica{n}"
         sub.mkdir(parents=True)
-        config = nudge_config(sub, smtp_url=smtp_url, connections=CONNECTIONS // replicas)
+        config = nudge_config(sub, smtp_url=smtp_url, connections=CONNECTIONS // replicas,
+                              workers=workers)
         config["database"] = str(database)
         # One sending process per replica in every setup: three replicas with one process per
         # core each would run six senders on this machine's two cores, and the figure is
@@ -228,11 +235,11 @@ def _new_database(name: str, folder: Path, cluster: Cluster | None) -> str | Pat
 
 
 def ingest_round(name: str, replicas: int, folder: Path, cluster: Cluster | None,
-                 sizes: Sizes, prefix: str) -> dict[int, Ingest]:
+                 sizes: Sizes, prefix: str, workers: int | None = None) -> dict[int, Ingest]:
     """Both payload sizes against one running setup; {alerts per POST: Ingest}."""
     database = _new_database(name, folder, cluster)
     blackhole = Blackhole()
-    fleet = start_fleet(folder, database, blackhole.url, replicas, "serve")
+    fleet = start_fleet(folder, database, blackhole.url, replicas, "serve", workers=workers)
     store = open_store(database)
     results = {}
     try:
@@ -390,16 +397,17 @@ def run(number: int, sizes: Sizes, workdir: Path) -> Result:
         result.skipped = f"no PostgreSQL server to run: {exc}"
         result.seconds = time.monotonic() - started
         return result
-    ingests: dict[str, list[dict[int, Ingest]]] = {name: [] for name, _ in SETUPS}
+    ingests: dict[str, list[dict[int, Ingest]]] = {name: [] for name, _ in INGEST_SETUPS}
     drains: dict[str, list[Drain]] = {name: [] for name, _ in DRAIN_SETUPS}
     sink = None
     try:
         sink = SmtpSink(workdir, LATENCY)
         for round_ in range(sizes.replica_rounds):
-            for key, (name, replicas) in enumerate(SETUPS):
+            for key, (name, replicas) in enumerate(INGEST_SETUPS):
                 ingests[name].append(ingest_round(
                     name, replicas, workdir / f"round{round_}" / f"ingest-{key}",
-                    cluster if name != SQLITE else None, sizes, prefix=f"i{round_}{key}x"))
+                    cluster if name != SQLITE else None, sizes, prefix=f"i{round_}{key}x",
+                    workers=6 if name == PG1_6 else None))
             for key, (name, replicas) in enumerate(DRAIN_SETUPS):
                 drains[name].append(drain_round(
                     name, replicas, workdir / f"round{round_}" / f"drain-{key}",
@@ -446,6 +454,12 @@ def _report_ingest(result: Result, ingests: dict[str, list[dict[int, Ingest]]],
                    target=">= 0.8"),
             Figure(f"{what}: PostgreSQL x3, CPU per alert (all Nudge processes)", cpu(PG3),
                    "µs", baseline=cpu(PG1), baseline_label=PG1, target="<= 1.2"),
+            # No target: how much of the growth above is the replicas themselves.
+            Figure(f"{what}: PostgreSQL x3, alerts answered 200", med(PG3, "accepted_rate"),
+                   "alerts/s", baseline=med(PG1_6, "accepted_rate"),
+                   baseline_label=f"{PG1_6} (as many as x3 runs)"),
+            Figure(f"{what}: PostgreSQL x3, CPU per alert (all Nudge processes)", cpu(PG3),
+                   "µs", baseline=cpu(PG1_6), baseline_label=f"{PG1_6} (as many as x3 runs)"),
         ]
         result.notes.append(
             f"{what}, {posts * per_post:,} alerts per run, medians: answered 200/s, decided/s; "

@@ -145,6 +145,16 @@ def test_pending_batches_are_bounded_by_count_and_alerts_but_never_empty(store):
     assert next_batch(10, 1200) == []
 
 
+def test_pending_notifications_received_before_a_time_leave_the_newer_ones(store):
+    now = time.time()
+    old = store.append_notifications([entry('{"n": 1}', at=now - 10), entry('{"n": 2}', at=now - 5)])
+    (new,) = store.append_notifications([entry('{"n": 3}', at=now)])
+    assert store.pending_notifications(10, 1000, received_before=now - 60) == []
+    assert [p.id for p in store.pending_notifications(10, 1000, received_before=now - 1)] == old
+    # Without a bound the newer one comes too (PostgreSQL: the two above are claimed a while).
+    assert new in [p.id for p in store.pending_notifications(10, 1000)]
+
+
 def test_deciding_marks_notifications_decided_with_their_decisions(store):
     (notification_id,) = store.append_notifications([entry()])
     now = time.time()
@@ -258,6 +268,10 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
         second.wait(0.01)
         if store.description.startswith("PostgreSQL"):
             assert (first.leading, second.leading) == (True, False)
+            # A follower helps only with what has waited; the leader decides what arrives.
+            assert (first.backlog_age, second.backlog_age) == (None, second.FOLLOW_PERIOD)
+        else:
+            assert first.backlog_age is None and second.backlog_age is None
         first.close()
         appender = opened()
         for _ in range(3):
@@ -266,7 +280,7 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
             assert second.wait(10) is True
             assert time.monotonic() - started < 2
         if store.description.startswith("PostgreSQL"):
-            assert second.leading
+            assert second.leading and second.backlog_age is None
     finally:
         second.close()
 

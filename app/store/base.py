@@ -271,6 +271,11 @@ class PruneCounts:
 class ChangeWatcher(ABC):
     """Wakes a waiting thread when another connection commits (new notifications, deliveries)."""
 
+    # None: the decider waiting on this watcher decides notifications as they arrive. Seconds:
+    # another process (a replica) does that, and this one only helps with a backlog, the
+    # notifications that have waited at least this long (PostgreSQL's followers).
+    backlog_age: float | None = None
+
     @abstractmethod
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         """Block until a commit elsewhere, `interrupt` is set, or `timeout`; True on a change."""
@@ -308,10 +313,12 @@ class Store(ABC):
         """Append in one durable commit; returns their ids, in order."""
 
     @abstractmethod
-    def pending_notifications(self, max_notifications: int, max_alerts: int
+    def pending_notifications(self, max_notifications: int, max_alerts: int,
+                              received_before: float | None = None
                               ) -> list[PendingNotification]:
         """The oldest undecided notifications, read without locking anything: the decider
-        parses them and runs the pure policy before it takes any lock (`deciding`)."""
+        parses them and runs the pure policy before it takes any lock (`deciding`). With
+        `received_before` (time.time()), only those received before it."""
 
     @abstractmethod
     def deciding(self, notification_ids: Sequence[int]

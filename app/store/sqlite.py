@@ -403,7 +403,8 @@ class SQLiteStore(Listings, Store):
                                                 offsets.get(name, 0), limit, max_alerts))
                 for name in journal_files.journal_names(self.journal_folder)]
 
-    def pending_notifications(self, max_notifications: int, max_alerts: int
+    def pending_notifications(self, max_notifications: int, max_alerts: int,
+                              received_before: float | None = None
                               ) -> list[PendingNotification]:
         with self._read("cannot read the journal") as conn:
             offsets = self._offsets(conn)
@@ -429,6 +430,8 @@ class SQLiteStore(Listings, Store):
             if not candidates:
                 break
             received_at, source, position = min(candidates)
+            if received_before is not None and received_at >= received_before:
+                break  # the oldest left is too new: so is every other
             if source == -1:
                 _, notification_id, count, body = table[position]
                 record = None
