@@ -259,6 +259,26 @@ def test_the_watcher_wakes_on_a_commit_elsewhere_and_times_out_otherwise(store, 
 
 
 
+def test_an_idle_sqlite_watcher_looks_less_often_and_quickly_again_after_a_change(store, opened):
+    """Polling every 5 ms cost an idle worker about 9% of a core; a quiet watcher backs off."""
+    if store.description.startswith("PostgreSQL"):
+        pytest.skip("PostgreSQL's watchers LISTEN: nothing polls")
+    watcher = store.watch_journal()
+    try:
+        now = time.monotonic()
+        assert watcher._interval(now) == watcher.INTERVAL
+        watcher.changed_at = now - 60  # a minute of nothing
+        assert watcher._interval(now) == watcher.MAX_INTERVAL
+        appender = opened()
+        threading.Timer(0.1, lambda: appender.append_notifications([entry()])).start()
+        started = time.monotonic()
+        assert watcher.wait(10) is True
+        assert time.monotonic() - started < 0.1 + 5 * watcher.MAX_INTERVAL
+        assert watcher._interval(time.monotonic()) == watcher.INTERVAL
+    finally:
+        watcher.close()
+
+
 def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(store, opened):
     """Every engine wakes a decider promptly after an append, and keeps doing so when one of
     the deciders goes away (on PostgreSQL the one leading, which alone is woken per append)."""

@@ -974,16 +974,25 @@ class _SQLiteDecisionBatch(DecisionBatch):
 
 class _DataVersionWatcher(ChangeWatcher):
     """`PRAGMA data_version` changes when another connection commits, and the journal files
-    grow when a receiver appends: checking both costs microseconds, so watching them every
-    few milliseconds notices new work quickly for nothing."""
+    grow when a receiver appends: both are cheap to check, so the watcher polls them.
+
+    Every few milliseconds while work comes and goes; the longer nothing has changed, the
+    longer between looks (a tenth of the time since the last change, up to MAX_INTERVAL), so
+    an idle worker's three watchers cost about 5 ms of CPU a second instead of 90, and work
+    that ends a quiet spell waits at most a tenth of it longer to be noticed."""
 
     INTERVAL = 0.005
+    MAX_INTERVAL = 0.1
 
     def __init__(self, path: Path, journal_folder: Path | None):
         self.connection = _Connection(path)
         self.journal_folder = journal_folder
         self.version = self._read()
         self.journal = self._journal_sizes()
+        self.changed_at = time.monotonic()
+
+    def _interval(self, now: float) -> float:
+        return min(self.MAX_INTERVAL, max(self.INTERVAL, (now - self.changed_at) / 10))
 
     def _read(self) -> int | None:
         try:
@@ -1010,18 +1019,20 @@ class _DataVersionWatcher(ChangeWatcher):
         while True:
             version = self._read()
             journal = self._journal_sizes()
+            now = time.monotonic()
             if (version is not None and version != self.version) or journal != self.journal:
-                self.version, self.journal = version, journal
+                self.version, self.journal, self.changed_at = version, journal, now
                 return True
             if interrupt is not None and interrupt.is_set():
                 return False
-            remaining = deadline - time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return False
+            pause = min(self._interval(now), remaining)
             if interrupt is not None:
-                interrupt.wait(min(self.INTERVAL, remaining))
+                interrupt.wait(pause)
             else:
-                time.sleep(min(self.INTERVAL, remaining))
+                time.sleep(pause)
 
     def close(self) -> None:
         self.connection.close()
