@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from app.store import open_store
+from app.store import StorageError, open_store
 from tests.conftest import ROOT, TOKEN
 from tests.postgres_server import PostgresServer
 from tests.processes import NudgeProcess, wait_until
@@ -261,3 +261,37 @@ def test_the_fleet_sends_within_the_shared_rate_limit(tmp_path, database):
     for start in range(len(times)):
         window = [t for t in times[start:] if t - times[start] < 1.0]
         assert len(window) <= 2.5 * rate
+
+
+def test_after_a_long_outage_a_store_reconnects_within_seconds_of_postgresql_returning(cluster,
+                                                                                     database):
+    """The connection pool's own retries back off exponentially (1, 2, 4, 8, 16, 32 s...): after
+    a 17 s outage its next try could come 14 s after PostgreSQL is back, long enough for the
+    leases of deliveries sent meanwhile to run out and another replica to send them again.
+    Nudge's pool gives up a try after a few seconds, so the next caller starts a fresh one."""
+    store = open_store(database)
+    try:
+        store.migrate()
+        store.check_ready()
+        cluster.stop()
+        try:
+            outage_ends = time.monotonic() + 17
+            while time.monotonic() < outage_ends:  # callers keep trying, as replicas do
+                with pytest.raises(StorageError):
+                    store.check_ready()
+                time.sleep(0.5)
+        finally:
+            cluster.start()
+        back = time.monotonic()
+
+        def ready() -> bool:
+            try:
+                store.check_ready()
+                return True
+            except StorageError:
+                return False
+
+        wait_until(ready, timeout=60, interval=0.5, message="the store to reconnect")
+        assert time.monotonic() - back < 8
+    finally:
+        store.close_all()

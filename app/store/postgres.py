@@ -66,6 +66,12 @@ DECIDER_LEAD_LOCK = 0x6E75646765 + 1  # held by the decider that is woken by eve
 # decider dies, another takes its batch once this runs out.
 DECIDER_LEASE = 10.0
 POOL_TIMEOUT = 3.0  # seconds to wait for a connection before answering "unavailable"
+# How long the pool keeps retrying one lost connection before giving that try up. Its retries
+# back off exponentially (1, 2, 4, 8, 16 s...), so after an outage of some seconds its next
+# try could come as long after PostgreSQL was back, while leases of deliveries sent
+# meanwhile run out and another replica sends them again. Given up, the connection is
+# dropped, and the next caller that needs one starts a fresh try at once.
+RECONNECT_WINDOW = 4.0
 
 MIGRATIONS: list[str] = [
     """
@@ -251,6 +257,7 @@ class PostgresStore(Listings, Store):
                     pool = ConnectionPool(
                         self.url, min_size=1, max_size=self.pool_size, open=False,
                         kwargs=self._pool_kwargs(), timeout=POOL_TIMEOUT,
+                        reconnect_timeout=RECONNECT_WINDOW,
                         check=_check_if_idle, reset=_note_returned, name="nudge",
                     )
                     pool.open(wait=False)
