@@ -118,7 +118,7 @@ def check_body(body: bytes) -> NotificationHead:
     """Check that a body is a whole, valid v4 notification (PayloadError if not).
 
     The webhook's check. A plain notification is decoded and type-checked in one pass by
-    msgspec's C decoder (a third of what `json.loads` and `check_notification` cost together);
+    msgspec's C decoder, far cheaper than `json.loads` followed by `check_notification`;
     anything it does not accept as plain goes through `json.loads` and `check_notification`,
     which have the last word and name the problem. Like `json.loads`, msgspec keeps the last
     of duplicate keys, so both read the same notification."""

@@ -991,8 +991,8 @@ class _LeadingJournalWatcher(_ListenWatcher):
     def backlog_age(self) -> float | None:
         # A follower that took whatever was waiting split the leader's gathering batch in
         # two, and then kept deciding (a batch that found work is followed by another at
-        # once) as long as appends trickled in: three replicas decided 7 one-alert
-        # notifications a transaction where one decided 27. A follower takes only what has
+        # once) as long as appends trickled in: every replica's decider raced over each
+        # trickle, in a few times as many transactions. A follower takes only what has
         # waited a whole period, which the leader would have decided by then were it keeping
         # up. (received_at is the receiving replica's clock: a skew only moves that point.)
         return None if self.leading else self.FOLLOW_PERIOD

@@ -978,7 +978,7 @@ class _DataVersionWatcher(ChangeWatcher):
 
     Every few milliseconds while work comes and goes; the longer nothing has changed, the
     longer between looks (a tenth of the time since the last change, up to MAX_INTERVAL), so
-    an idle worker's three watchers cost about 5 ms of CPU a second instead of 90, and work
+    that an idle worker and its sender processes do not keep a core busy looking, and work
     that ends a quiet spell waits at most a tenth of it longer to be noticed."""
 
     INTERVAL = 0.005
