@@ -197,10 +197,11 @@ def test_a_second_401_is_not_retried_again(
 def test_a_failed_renewal_keeps_using_the_token_while_it_is_valid(
     server: DirectoryServer, issuer: TokenIssuer, make_client: MakeClient
 ) -> None:
-    issuer.expires_in = 1  # renewal due after 0.9 s
+    # Renewal is due 0.4 s before expiry: room for the failed renewal on a loaded machine.
+    issuer.expires_in = 4
     client = make_client()
     client.lookup("u1")
-    time.sleep(0.92)
+    time.sleep(3.62)  # the token was requested before the sleep: its renewal is now due
     server.fail(503, TOKEN_ENDPOINT)
 
     result = client.lookup("u2")
