@@ -8,6 +8,10 @@ pointed at someone else. Links sent since categories exist carry the email's cat
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,6 +20,9 @@ from itsdangerous import BadData, URLSafeSerializer
 
 ALL = "*"
 _SALT = "nudge-unsubscribe"
+# Payloads up to this many bytes are signed by `_dumps`; longer ones, which itsdangerous may
+# compress, by itsdangerous itself.
+_FAST_PAYLOAD_BYTES = 96
 
 
 class InvalidToken(ValueError):
@@ -38,13 +45,39 @@ def _serializer(secret_key: str) -> URLSafeSerializer:
     return URLSafeSerializer(secret_key, salt=_SALT)
 
 
+@lru_cache(maxsize=8)
+def _signing_mac(secret_key: str) -> hmac.HMAC:
+    """The HMAC that URLSafeSerializer(secret_key, salt=_SALT) signs with, its key derived
+    once (itsdangerous' defaults: SHA-1 of salt + "signer" + key, then HMAC-SHA1)."""
+    key = hashlib.sha1(_SALT.encode() + b"signer" + secret_key.encode()).digest()
+    return hmac.new(key, digestmod=hashlib.sha1)
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _dumps(secret_key: str, data: dict[str, str]) -> str:
+    """A token `_serializer(secret_key).loads` reads, at a third of the CPU of its `dumps`: a
+    link is made for every email, and itsdangerous derives its key and tries zlib on every
+    call. The same characters as `dumps`, except that a short payload is never compressed
+    (which itsdangerous does when that saves two bytes: a long run of one character)."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(payload) > _FAST_PAYLOAD_BYTES:
+        return _serializer(secret_key).dumps(data)
+    value = _b64(payload)
+    mac = _signing_mac(secret_key).copy()
+    mac.update(value)
+    return (value + b"." + _b64(mac.digest())).decode()
+
+
 def make_token(secret_key: str, user_id: str, scope: str) -> str:
     """An old-style token (a rule name or ALL): what emails carried before categories."""
-    return _serializer(secret_key).dumps({"u": user_id, "s": scope})
+    return _dumps(secret_key, {"u": user_id, "s": scope})
 
 
 def make_category_token(secret_key: str, user_id: str, category: str) -> str:
-    return _serializer(secret_key).dumps({"u": user_id, "c": category})
+    return _dumps(secret_key, {"u": user_id, "c": category})
 
 
 def read_link(secret_key: str, token: str) -> Link:

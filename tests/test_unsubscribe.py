@@ -14,10 +14,11 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
+from itsdangerous import URLSafeSerializer
 
 from app.config import load_config
 from app.store import open_store
-from app.suppressions import ALL, make_token
+from app.suppressions import ALL, Link, make_category_token, make_token, read_link
 from app.worker import DeliveryWorker
 from tests.conftest import TOKEN, post_and_decide
 from tests.processes import wait_until
@@ -39,6 +40,27 @@ def tampered(token: str) -> str:
     index = 3
     replacement = "A" if token[index] != "A" else "B"
     return token[:index] + replacement + token[index + 1:]
+
+
+@pytest.mark.parametrize("user_id", ["u1", "p-00000042@example.com", "Zoë \"quoted\" \\ 😀",
+                                     "", "x" * 200])
+def test_links_are_the_ones_itsdangerous_signs_and_read_back(user_id: str) -> None:
+    """Links already in mailboxes were signed by itsdangerous itself: Nudge's own signing
+    writes the same characters, so old and new links are one format."""
+    signer = URLSafeSerializer(SECRET, salt="nudge-unsubscribe")
+
+    token = make_category_token(SECRET, user_id, "onboarding")
+
+    assert token == signer.dumps({"u": user_id, "c": "onboarding"})
+    assert read_link(SECRET, token) == Link(user_id, category="onboarding")
+    assert make_token(SECRET, user_id, ALL) == signer.dumps({"u": user_id, "s": ALL})
+
+
+def test_a_link_of_a_long_run_of_one_character_reads_back() -> None:
+    """The one case itsdangerous writes otherwise (it compresses the payload)."""
+    user_id = "u" * 40
+
+    assert read_link(SECRET, make_category_token(SECRET, user_id, "c")) == Link(user_id, category="c")
 
 
 def test_an_old_rule_link_opens_the_preference_page_and_records_nothing(client, app):
