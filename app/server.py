@@ -63,13 +63,12 @@ def configure_logging(background: bool = False) -> Callable[[], None]:
     logging.logMultiprocessing = False
     if background:
         writers = list(root.handlers)
-        lines: queue.SimpleQueue = queue.SimpleQueue()
-        listener = logging.handlers.QueueListener(lines, *writers, respect_handler_level=True)
         for handler in writers:
             root.removeHandler(handler)
-        enqueue = _Enqueue(lines)
+        lines = _BatchWriter(writers)
+        enqueue = _Enqueue(lines.records)
         root.addHandler(enqueue)
-        listener.start()
+        lines.start()
 
         def write_in_foreground() -> None:
             if enqueue not in root.handlers:
@@ -77,7 +76,7 @@ def configure_logging(background: bool = False) -> Callable[[], None]:
             root.removeHandler(enqueue)
             for handler in writers:
                 root.addHandler(handler)
-            listener.stop()  # writes what is still queued
+            lines.stop()  # writes what is still queued
 
         atexit.register(write_in_foreground)
         return write_in_foreground
@@ -90,6 +89,75 @@ class _Enqueue(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
+
+
+# How long the writer lets lines gather before writing them together.
+LOG_GATHER = 0.02
+
+
+class _BatchWriter(threading.Thread):
+    """Writes queued records with `handlers`, the lines of a moment in one write: a line per
+    email from many sending threads would otherwise cost a wake-up of this thread and a
+    system call each."""
+
+    def __init__(self, handlers: list[logging.Handler]):
+        super().__init__(name="log-writer", daemon=True)
+        self.records: queue.SimpleQueue = queue.SimpleQueue()
+        self.handlers = handlers
+        self._stopping = False
+
+    def run(self) -> None:
+        while True:
+            first = self.records.get()
+            if first is None:
+                return
+            if not self._stopping:
+                time.sleep(LOG_GATHER)
+            batch = [first]
+            stop = self._drain(batch)
+            self._write(batch)
+            if stop:
+                return
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.records.put(None)
+        self.join()
+
+    def _drain(self, batch: list) -> bool:
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                return False
+            if record is None:
+                return True
+            batch.append(record)
+
+    def _write(self, batch: list[logging.LogRecord]) -> None:
+        for handler in self.handlers:
+            records = [r for r in batch if r.levelno >= handler.level]
+            if not records:
+                continue
+            if type(handler) is not logging.StreamHandler:
+                for record in records:
+                    handler.handle(record)
+                continue
+            text = []
+            for record in records:
+                if not handler.filter(record):
+                    continue
+                try:
+                    text.append(handler.format(record) + handler.terminator)
+                except Exception:  # noqa: BLE001 - as StreamHandler.emit: report, go on
+                    handler.handleError(record)
+            if text:
+                with handler.lock:
+                    try:
+                        handler.stream.write("".join(text))
+                        handler.flush()
+                    except Exception:  # noqa: BLE001 - as StreamHandler.emit
+                        handler.handleError(batch[0])
 
 
 def prepare_metrics_dir(config: Config) -> Path:
