@@ -83,6 +83,7 @@ def list_label(category: str) -> str:
     return f"{slug}-{digest}" if slug else f"category-{digest}"
 
 
+@lru_cache(maxsize=256)  # the same few categories in every email
 def list_id(category: str, title: str | None, domain: str) -> str:
     """The List-Id header value (RFC 2919) of a category's emails: `"Title" <label.domain>`.
 

@@ -10,6 +10,7 @@ separators) are written as visible escapes, so one record is always one line.
 from __future__ import annotations
 
 import logging
+import re
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\t"}  # a tab cannot start a line: kept as it is
 
@@ -24,7 +25,13 @@ _TABLE = {code: _escape(code)
           for code in [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]}
 
 
+# What `_TABLE` changes: most messages have none, and a search is far cheaper than translate.
+_NEEDS_ESCAPING = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def escape_controls(text: str) -> str:
+    if _NEEDS_ESCAPING.search(text) is None:
+        return text
     return text.translate(_TABLE)
 
 

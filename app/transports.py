@@ -218,7 +218,8 @@ class _DataTracking:
 
     Also spares smtplib work Nudge has done already: the addresses are checked plain
     addr-specs (smtplib would parse each again with email.utils to quote it), and a message
-    with no line starting with a dot needs no dot-stuffing pass over all its bytes."""
+    whose lines all end in CRLF (as Nudge writes them) is dot-stuffed with one replace instead
+    of smtplib's two regular-expression passes over all its bytes."""
 
     data_started = False
 
@@ -236,8 +237,10 @@ class _DataTracking:
 
     def data(self, msg: bytes | str) -> tuple[int, bytes]:
         self.data_started = True
-        if not isinstance(msg, bytes) or msg.startswith(b".") or b"\n." in msg:
+        if not isinstance(msg, bytes) or not _crlf_only(msg):
             return super().data(msg)  # type: ignore[misc]
+        if msg.startswith(b".") or b"\n." in msg:  # dot-stuffing (RFC 5321 4.5.2)
+            msg = (b"." if msg.startswith(b".") else b"") + msg.replace(b"\r\n.", b"\r\n..")
         self.putcmd("data")  # type: ignore[attr-defined]
         code, reply = self.getreply()  # type: ignore[attr-defined]
         if code != 354:
@@ -245,6 +248,12 @@ class _DataTracking:
         ending = b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n"
         self.send(msg + ending)  # type: ignore[attr-defined]
         return self.getreply()  # type: ignore[attr-defined]
+
+
+def _crlf_only(data: bytes) -> bool:
+    """Whether every line of `data` ends in CRLF, as smtplib would make it (no bare CR or LF)."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\r") == crlf and data.count(b"\n") == crlf
 
 
 class _SMTP(_DataTracking, smtplib.SMTP):

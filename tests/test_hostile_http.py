@@ -11,6 +11,7 @@ import socket
 import pytest
 import requests
 
+from app.log_escaping import escape_controls
 from tests.conftest import ROOT, TOKEN, fixture_bytes
 from tests.processes import NudgeProcess
 
@@ -163,3 +164,16 @@ def test_after_all_that_the_server_still_serves(service):
     assert "Traceback" not in service.output
     metrics = requests.get(service.url + "/metrics", timeout=10).text
     assert 'nudge_webhook_requests_total{code="500"}' not in metrics
+
+
+def test_every_control_character_is_escaped_in_a_log_message():
+    controls = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+    for code in controls:
+        text = f"user=u1{chr(code)}2030-01-01 FORGED"
+        escaped = escape_controls(text)
+        if code == 0x09:  # a tab cannot start a line: kept
+            assert escaped == text
+        else:
+            assert chr(code) not in escaped and "FORGED" in escaped, hex(code)
+    plain = "delivery=1 rule=R user=Zoë sent to zoe@example.com"
+    assert escape_controls(plain) == plain

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.messages import build_message, message_id_for
+from app.messages import OutgoingEmail, build_message, message_id_for
 from app.transports import (
     FileOutbox,
     RateLimiter,
@@ -96,6 +96,16 @@ def test_lines_starting_with_a_dot_arrive_intact(server, transport, text):
     assert received.rcpt_tos == ("ada+api@mail.example.org",)
     assert received.message.get_content().replace("\r\n", "\n") == text
 
+
+@pytest.mark.parametrize("data", [
+    b".X-First: a line that starts with a dot\r\nSubject: s\r\n\r\n.\r\n..two\r\nend\r\n",
+    b"Subject: s\r\n\r\nno dots at all\r\n",
+])
+def test_every_byte_arrives_as_sent_whatever_the_line_starts(server, transport, data):
+    transport.send(OutgoingEmail("nudge@example.com", "ada@mail.example.org", data))
+
+    [received] = server.wait_for(1)
+    assert received.raw == data
 
 
 def test_sent_message_arrives_with_all_headers_and_both_parts(server, transport):
