@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from app.config import Config
 from app.readiness import ReadySignal, start_child
@@ -52,11 +54,87 @@ READY_TIMEOUT = 60.0
 
 
 def available_cores() -> int:
-    """The CPU cores this process may run on (a container's or taskset's limit included)."""
+    """The CPU cores this process may run on (taskset's or a container's --cpuset-cpus), or
+    fewer when its cgroup's CPU quota (a container's --cpus, Kubernetes' CPU limit) allows
+    less than that many cores' time, rounded up."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return cores_within(cores, cgroup_cpu_limit())
+
+
+def cores_within(cores: int, limit: float | None) -> int:
+    """`cores`, or as many as a CPU limit of `limit` cores' time keeps busy (1.5: 2)."""
+    return cores if limit is None else max(1, min(cores, math.ceil(limit)))
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> float | None:
+    """How many cores' time this process's cgroup may use (its quota over its period), or
+    None without a limit. `membership`: /proc/self/cgroup's text.
+
+    cgroup v2 (`0::/path`): `cpu.max` ("max 100000", or "150000 100000" for 1.5 cores) of the
+    process's cgroup and each parent up to the root, the lowest limit applying; cgroup v1:
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us` of the `cpu` controller's cgroup (-1: none).
+    Inside a container the process's own cgroup is usually the root of what it sees."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    limits = []
+    for line in membership.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and controllers == "":
+            limits += _v2_limits(root, path)
+        elif "cpu" in controllers.split(","):
+            limits += _v1_limits(root / controllers, path)
+    return min(limits) if limits else None
+
+
+def _v2_limits(root: Path, path: str) -> list[float]:
+    limits = []
+    folder = root.joinpath(*[part for part in path.split("/") if part])
+    while True:
+        text = _read(folder / "cpu.max")
+        if text is not None:
+            quota, _, period = text.partition(" ")
+            limit = _ratio(quota, period)
+            if limit is not None:
+                limits.append(limit)
+        if folder == root or root not in folder.parents:
+            return limits
+        folder = folder.parent
+
+
+def _v1_limits(controller: Path, path: str) -> list[float]:
+    for folder in (controller.joinpath(*[p for p in path.split("/") if p]), controller):
+        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            limit = _ratio(quota, period)
+            return [] if limit is None else [limit]
+    return []
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        quota_us, period_us = int(quota), int(period)
+    except ValueError:  # "max": no limit
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return quota_us / period_us
 
 
 def process_count(config: Config, cores: int | None = None) -> int:

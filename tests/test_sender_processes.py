@@ -11,12 +11,20 @@ import re
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import requests
 
 from app.config import ConfigError, load_config
-from app.sender_processes import describe, process_config, process_count, split_connections
+from app.sender_processes import (
+    cgroup_cpu_limit,
+    cores_within,
+    describe,
+    process_config,
+    process_count,
+    split_connections,
+)
 from app.store import SENDING, SENT, open_store
 from tests.conftest import TOKEN
 from tests.processes import NudgeProcess, children, wait_until
@@ -93,6 +101,45 @@ def test_connections_are_split_evenly_and_no_process_is_left_without_one():
     assert split_connections(10, 3) == [4, 3, 3]
     assert split_connections(2, 8) == [1, 1]
     assert split_connections(1, 1) == [1]
+
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    return root
+
+
+def test_a_cgroup_v2_cpu_limit_is_the_lowest_on_the_way_to_the_root(tmp_path):
+    """As Kubernetes lays it out: the pod limits, the container's own cgroup does not."""
+    root = write_files(tmp_path, {"kubepods/cpu.max": "max 100000",
+                                  "kubepods/pod1/cpu.max": "150000 100000",
+                                  "kubepods/pod1/ctr/cpu.max": "max 100000"})
+
+    limit = cgroup_cpu_limit(root, "0::/kubepods/pod1/ctr\n")
+
+    assert limit == 1.5
+    assert cores_within(8, limit) == 2
+    assert cgroup_cpu_limit(root, "0::/kubepods\n") is None  # max: no limit
+    # docker run --cpus=0.5 with its own cgroup namespace: the container's cgroup is "/".
+    assert cgroup_cpu_limit(write_files(tmp_path / "ns", {"cpu.max": "50000 100000"}),
+                            "0::/\n") == 0.5
+
+
+def test_a_cgroup_v1_cpu_quota_and_none(tmp_path):
+    root = write_files(tmp_path, {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "250000",
+                                  "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"})
+    membership = "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n"
+
+    assert cgroup_cpu_limit(root, membership) == 2.5
+    assert cores_within(2, 2.5) == 2  # affinity allows fewer cores than the quota's time
+    # Seen from inside the container: its cgroup mounted at the controller's root.
+    inside = write_files(tmp_path / "in", {"cpu,cpuacct/cpu.cfs_quota_us": "-1",
+                                           "cpu,cpuacct/cpu.cfs_period_us": "100000"})
+    assert cgroup_cpu_limit(inside, membership) is None
+    assert cgroup_cpu_limit(tmp_path / "nothing", membership) is None
+    assert cores_within(4, None) == 4
+    assert cores_within(4, 0.2) == 1
 
 
 def test_processes_default_to_one_per_core_capped_at_the_connections(config_data):
