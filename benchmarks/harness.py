@@ -522,6 +522,16 @@ class Figure:
         return subject >= limit if op == ">=" else subject <= limit
 
 
+def ratio_text(fig: Figure) -> str:
+    """The ratio to two decimals, or three where two would read as the target itself while
+    the verdict says otherwise (0.797 against ">= 0.8")."""
+    text = f"{fig.ratio:.2f}"
+    if fig.target and not fig.target_on_value and fig.met is False:
+        if float(text) == float(fig.target.partition(" ")[2]):
+            return f"{fig.ratio:.3f}"
+    return text
+
+
 @dataclass
 class Result:
     number: int
@@ -541,7 +551,7 @@ class Result:
                 out.append(f"      baseline ({fig.baseline_label}): {fmt(fig.baseline, fig.unit)}")
             parts = []
             if fig.ratio is not None:
-                parts.append(f"ratio {fig.ratio:.2f}")
+                parts.append(f"ratio {ratio_text(fig)}")
             if fig.target:
                 verdict = {True: "MET", False: "MISSED", None: "n/a"}[fig.met]
                 unit = f" {fig.unit}" if fig.target_on_value else ""

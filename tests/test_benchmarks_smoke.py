@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from benchmarks.alertmanager import find_alertmanager
-from benchmarks.harness import ROOT
+from benchmarks.harness import ROOT, Figure, Result
 from benchmarks.run import BENCHMARKS
 
 
@@ -65,3 +65,15 @@ def test_only_rejects_an_unknown_benchmark():
     done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "99"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "no benchmark 99" in done.stderr
+
+
+@pytest.mark.parametrize(("value", "printed"), [
+    (797, "ratio 0.797, target >= 0.8: MISSED"),  # not "0.80 ... MISSED"
+    (804, "ratio 0.80, target >= 0.8: MET"),
+    (650, "ratio 0.65, target >= 0.8: MISSED"),
+])
+def test_a_ratio_that_misses_its_target_never_reads_as_the_target(value, printed):
+    figure = Figure("Nudge", value, "alerts/s", baseline=1000, baseline_label="bare",
+                    target=">= 0.8")
+
+    assert f"      {printed}" in Result(1, "Ingest", [figure]).lines()
