@@ -124,10 +124,12 @@ def test_a_token_is_fetched_once_for_many_concurrent_senders(
 def test_tokens_are_renewed_before_they_expire_under_concurrent_senders(
     server: DirectoryServer, issuer: TokenIssuer, make_client: MakeClient
 ) -> None:
-    issuer.expires_in = 2  # renewed 0.2 s before it expires
+    # Renewed 0.4 s before it expires: a renewal that takes 0.3 s (more on a loaded machine)
+    # still ends before the current token does.
+    issuer.expires_in = 4
     server.slow(0.3, TOKEN_ENDPOINT)  # a token request takes 0.3 s
     client = make_client()
-    stop = time.monotonic() + 3.0
+    stop = time.monotonic() + 4.5
     results: list[tuple[DirectoryLookup, float]] = []
 
     def keep_sending(user_id: str) -> None:

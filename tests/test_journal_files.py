@@ -80,6 +80,6 @@ def test_the_watcher_wakes_on_an_append_that_commits_nothing_to_sqlite(tmp_path)
         threading.Timer(0.1, lambda: writer.append_notifications([entry])).start()
         started = time.monotonic()
         assert watcher.wait(5) is True
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 3  # woken, not timed out
     finally:
         watcher.close()

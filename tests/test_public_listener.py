@@ -100,11 +100,12 @@ def test_every_page_of_the_recipient_facing_module_is_public(config_data, monkey
 def test_stalled_clients_on_the_public_listener_do_not_delay_the_webhook(service):
     with ExitStack() as stack:
         stall(stack, int(service.public_url.rsplit(":", 1)[1]), STALLED_CONNECTIONS)
-        took = timed_webhook_posts(service.url)
-        assert max(took) < 1.0, took
+        # Stalled, they would wait for ever; the bounds leave room for a loaded machine.
+        took = timed_webhook_posts(service.url, timeout=5.0)
+        assert max(took) < 2.5, took
         started = time.monotonic()
-        assert requests.get(service.url + "/-/ready", timeout=3).status_code == 200
-        assert time.monotonic() - started < 1.0
+        assert requests.get(service.url + "/-/ready", timeout=5).status_code == 200
+        assert time.monotonic() - started < 2.5
 
 
 def test_without_a_public_listener_stalled_clients_do_stall_the_webhook(tmp_path, config_data):

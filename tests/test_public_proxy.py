@@ -85,13 +85,13 @@ def test_stalled_clients_are_held_by_nginx_and_never_reach_nudge(stack, config_d
         time.sleep(0.5)
         for url in (proxy_url, public_url):  # through nginx, and Nudge's listener itself
             started = time.monotonic()
-            page = requests.get(f"{url}/unsubscribe/{token}", timeout=3)
+            page = requests.get(f"{url}/unsubscribe/{token}", timeout=5)
             assert page.status_code == 200 and "Email preferences" in page.text
-            assert time.monotonic() - started < 1.0, url
+            assert time.monotonic() - started < 2.5, url  # stalled: never
         started = time.monotonic()
         webhook = requests.post(nudge.url + "/webhook", data=fixture_bytes("firing-per-user.json"),
-                                headers={"Authorization": f"Bearer {TOKEN}"}, timeout=3)
-        assert webhook.status_code == 200 and time.monotonic() - started < 1.0
+                                headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert webhook.status_code == 200 and time.monotonic() - started < 2.5
     # What nginx passes on is only the recipient-facing pages.
     assert requests.post(proxy_url + "/webhook", data=b"{}", timeout=5).status_code == 404
     assert requests.get(proxy_url + "/metrics", timeout=5).status_code == 404

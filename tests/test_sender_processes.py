@@ -278,8 +278,9 @@ def test_a_sender_process_killed_mid_burst_is_restarted_and_nobody_loses_their_e
 
 def test_sigterm_stops_the_worker_and_its_sender_processes_after_their_sends(
         tmp_path, config_data, app, client):
-    users = [f"term{n:03d}" for n in range(60)]
-    # 50 ms per SMTP command: each send takes a few hundred ms, so some are in flight.
+    # 50 ms per SMTP command: each send takes a few hundred ms, so some are in flight, and
+    # enough users that some are still queued however slowly the reload before SIGTERM goes.
+    users = [f"term{n:03d}" for n in range(150)]
     with RecordingServer(latency=0.05) as smtp:
         for start in range(0, len(users), 20):
             response = client.post("/webhook", headers=AUTH, json={

@@ -108,16 +108,17 @@ def test_nudge_worker_refuses_to_start_with_a_too_short_lease(tmp_path, config_d
 
 
 def test_leases_are_renewed_while_a_send_waits_so_nothing_is_claimed_twice(config_data):
-    """Four claims at once, one send per second allowed, a 1 s lease: the last waits 3 s."""
+    """Six claims at once, one send per second allowed, a 2 s lease: the last waits 5 s.
+    (Renewed every half second: a loaded machine's pauses stay well inside the lease.)"""
     config = build_config(config_data, smtp={"rate_limit": 1},
-                          delivery={"lease": "1s"})  # the file outbox: no SMTP timeout
+                          delivery={"lease": "2s"})  # the file outbox: no SMTP timeout
     client = create_app(config).test_client()
-    users = ("u1", "u2", "u3", "u4")
+    users = ("u1", "u2", "u3", "u4", "u5", "u6")
     post(client, make_payload(*(make_alert(u, labels={"email": f"{u}@example.com"})
                                 for u in users)))
     with RunningWorker(config):
-        rows = wait_for_statuses(config, {n: "sent" for n in range(1, 5)}, timeout=30)
+        rows = wait_for_statuses(config, {n: "sent" for n in range(1, 7)}, timeout=30)
 
-    assert [row["attempts"] for row in rows] == [1, 1, 1, 1]
+    assert [row["attempts"] for row in rows] == [1] * 6
     assert all([a["outcome"] for a in attempt_log(config, row["id"])] == ["sent"] for row in rows)
-    assert len(list(config.outbox_dir.glob("*.eml"))) == 4
+    assert len(list(config.outbox_dir.glob("*.eml"))) == 6

@@ -158,8 +158,10 @@ def test_nudge_is_ready_only_once_the_worker_and_its_sender_processes_have_start
         senders = children(workers[0])
         assert len(senders) == 2
         assert all(b"--sender-connections" in cmdline for cmdline in senders.values())
-        # Every one of them runs its threads (each logs that once they do).
-        assert nudge.output.count(" started: ") == 3, nudge.output
+        # Every one of them runs its threads (each logs that once they do; the lines are
+        # written by a background thread, moments later).
+        wait_until(lambda: nudge.output.count(" started: ") == 3, timeout=10,
+                   message="three 'started' lines")
         assert all("delivery worker" not in a or "the delivery worker is starting" in a
                    for a in answers[:-1]), answers
     finally:
