@@ -49,9 +49,11 @@ def replica_config(tmp_path, database: str, smtp_url: str, n: int, **sections) -
         "templates_dir": str(ROOT / "email_templates"),
         "public_url": "https://nudge.example.com",
         "webhook": {"token": TOKEN},
-        # A 0.5 s SMTP timeout: one send (6 commands) fits the 3 s lease, as start-up requires.
-        "smtp": {"url": smtp_url + "?timeout=0.5", "connections": 4},
-        "delivery": {"outbox_dir": str(tmp_path / f"outbox{n}"), "lease": "3s",
+        # A 1 s SMTP timeout (room for a loaded machine: a slower reply would be retried, and a
+        # message already sent be sent again); one send (6 commands) fits the 6 s lease, as
+        # start-up requires.
+        "smtp": {"url": smtp_url + "?timeout=1", "connections": 4},
+        "delivery": {"outbox_dir": str(tmp_path / f"outbox{n}"), "lease": "6s",
                      "retry_backoff": "0.2s"},
         "metrics": {"multiproc_dir": str(tmp_path / f"metrics{n}")},
     }

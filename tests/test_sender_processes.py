@@ -191,9 +191,11 @@ def test_on_sqlite_each_process_keeps_its_share_of_the_rate(config_data):
 
 def serve_config(config_data, smtp_url: str, **delivery) -> dict:
     return {**config_data,
-            # A 0.5 s SMTP timeout: one send fits the 3 s lease, as start-up requires.
-            "smtp": {"url": smtp_url + "?timeout=0.5", "connections": 4},
-            "delivery": {**config_data["delivery"], "processes": 2, "lease": "3s",
+            # A 1 s SMTP timeout (a slower reply on a loaded machine would be retried, and a
+            # message already sent be sent again); one send fits the 6 s lease, as start-up
+            # requires.
+            "smtp": {"url": smtp_url + "?timeout=1", "connections": 4},
+            "delivery": {**config_data["delivery"], "processes": 2, "lease": "6s",
                          "retry_backoff": "0.2s", **delivery}}
 
 
@@ -322,7 +324,7 @@ def test_two_processes_keep_the_total_rate_limit(tmp_path, config_data):
     rate, emails = 10, 40
     with RecordingServer() as smtp:
         service = NudgeProcess(tmp_path, {**serve_config(config_data, smtp.url),
-                                          "smtp": {"url": smtp.url + "?timeout=0.5",
+                                          "smtp": {"url": smtp.url + "?timeout=1",
                                                    "connections": 4,
                                                    "rate_limit": rate}}).start()
         try:
