@@ -425,7 +425,9 @@ class NudgeGunicorn(BaseApplication):
             # fsync leaves the process free for the next one, and Alertmanager's keep-alive
             # connections stay open (a sync worker closes each after one request and waits
             # for the client's FIN). benchmarks/ measures both against the same settings.
-            "worker_class": "gthread",
+            # gthread, serving a busy keep-alive connection without the hand-offs between its
+            # threads (app/receiver_worker.py).
+            "worker_class": "app.receiver_worker.LingeringThreadWorker",
             "threads": RECEIVER_THREADS,
             "keepalive": 30,
             "timeout": 30,
