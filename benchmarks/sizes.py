@@ -26,7 +26,7 @@ class Sizes:
 FULL = Sizes("full", ingest_warmup=2, ingest_duration=12, ingest_rounds=2,
              delivery_per_connection=120, alertmanager_emails=1000, latency_alerts=1000,
              latency_rate=25, burst_alerts=100_000, burst_alerts_per_post=1000,
-             replica_rounds=2, replica_loads=((1000, 40), (1, 4000)), replica_emails=2000,
+             replica_rounds=2, replica_loads=((1000, 100), (1, 4000)), replica_emails=2000,
              delivery_fast_emails=6000)
 QUICK = Sizes("quick", ingest_warmup=1, ingest_duration=5, ingest_rounds=1,
               delivery_per_connection=30, alertmanager_emails=200, latency_alerts=200,

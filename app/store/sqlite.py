@@ -999,8 +999,9 @@ class _DataVersionWatcher(ChangeWatcher):
     INTERVAL = 0.005
     MAX_INTERVAL = 0.1
     # With a wake-up socket, how often a wait looks at its `interrupt` event (it cannot wait
-    # on both at once); the events are set for stopping, which may take this long.
-    INTERRUPT_CHECK = 0.05
+    # on both at once). The events stop the waiting thread, which may take this long; no
+    # shorter than MAX_INTERVAL, so an idle worker wakes no more often than it looks.
+    INTERRUPT_CHECK = MAX_INTERVAL
 
     def __init__(self, path: Path, journal_folder: Path | None, listener: Listener | None):
         self.connection = _Connection(path)
