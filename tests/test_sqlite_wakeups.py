@@ -65,22 +65,16 @@ def woken(watcher) -> float:
     return time.monotonic() - started
 
 
-def test_an_idle_decider_is_woken_by_an_append_in_another_process(database, quiet):
+@pytest.mark.parametrize("watcher_of, commit", [
+    ("watch_journal", "store.append_notifications([entry()])"),  # the decider, a receiver
+    ("watch_queue", "queue_one(store)"),  # a sender process, the decider
+], ids=["decider woken by an append", "dispatcher woken by queued deliveries"])
+def test_an_idle_watcher_is_woken_by_a_commit_in_another_process(database, quiet, watcher_of,
+                                                                  commit):
     store = open_store(database)
-    watcher = quiet(store.watch_journal())
+    watcher = quiet(getattr(store, watcher_of)())
     try:
-        in_another_process(database, "store.append_notifications([entry()])")
-        assert woken(watcher) < WOKEN_WITHIN
-    finally:
-        watcher.close()
-        store.close_all()
-
-
-def test_an_idle_dispatcher_is_woken_by_queued_deliveries_in_another_process(database, quiet):
-    store = open_store(database)
-    watcher = quiet(store.watch_queue())
-    try:
-        in_another_process(database, "queue_one(store)")
+        in_another_process(database, commit)
         assert woken(watcher) < WOKEN_WITHIN
     finally:
         watcher.close()
