@@ -572,6 +572,14 @@ class SQLiteStore(Listings, Store):
         return _DataVersionWatcher(self.path, self.journal_folder,
                                    self.wakeups.listen(wakeups.JOURNAL))
 
+    def watch_journal(self) -> ChangeWatcher:
+        # Receivers append to the journal files without a commit, so the decider needs only
+        # those: the senders' claims and outcomes change data_version many times a second and
+        # would wake it for nothing. (What `nudge copy-database` leaves in the table is found
+        # by the decider's look after each idle wait.)
+        return _DataVersionWatcher(self.path, self.journal_folder,
+                                   self.wakeups.listen(wakeups.JOURNAL), commits=False)
+
     def watch_queue(self) -> ChangeWatcher:
         # Deliveries change by commits only: no need to look at the journal files.
         return _DataVersionWatcher(self.path, None, self.wakeups.listen(wakeups.QUEUE))
@@ -1003,10 +1011,12 @@ class _DataVersionWatcher(ChangeWatcher):
     # shorter than MAX_INTERVAL, so an idle worker wakes no more often than it looks.
     INTERRUPT_CHECK = MAX_INTERVAL
 
-    def __init__(self, path: Path, journal_folder: Path | None, listener: Listener | None):
+    def __init__(self, path: Path, journal_folder: Path | None, listener: Listener | None,
+                 commits: bool = True):
         self.connection = _Connection(path)
         self.journal_folder = journal_folder
         self.listener = listener  # app/store/wakeups.py: woken at once after those commits
+        self.commits = commits  # False: only journal appends count as a change
         self.version = self._read()
         self.journal = self._journal_sizes()
         self.changed_at = time.monotonic()
@@ -1015,6 +1025,8 @@ class _DataVersionWatcher(ChangeWatcher):
         return min(self.MAX_INTERVAL, max(self.INTERVAL, (now - self.changed_at) / 10))
 
     def _read(self) -> int | None:
+        if not self.commits:
+            return None
         try:
             return self.connection.conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
