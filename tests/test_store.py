@@ -295,7 +295,7 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
         if store.description.startswith("PostgreSQL"):
             assert (first.leading, second.leading) == (True, False)
             # A follower helps only with what has waited; the leader decides what arrives.
-            assert (first.backlog_age, second.backlog_age) == (None, second.FOLLOW_PERIOD)
+            assert (first.backlog_age, second.backlog_age) == (None, second.FOLLOW_BACKLOG)
         else:
             assert first.backlog_age is None and second.backlog_age is None
         first.close()

@@ -975,12 +975,18 @@ class _LeadingJournalWatcher(_ListenWatcher):
     notifications into many tiny transactions. The decider holding a session advisory lock
     (taken on this LISTEN connection) leads: it wakes on each append and, while it decides a
     batch, the next appends gather into a bigger one. The others wake every FOLLOW_PERIOD and
-    decide whatever is waiting, so they share the work of a backlog the leader cannot keep up
-    with, and one of them takes the lock as soon as the leader's session ends (a crash drops
-    the connection; a frozen leader only delays decisions by up to FOLLOW_PERIOD).
+    decide what has waited FOLLOW_BACKLOG, so they share the work of a backlog the leader
+    cannot keep up with, and one of them takes the lock as soon as the leader's session ends
+    (a crash drops the connection; a frozen leader only delays decisions by up to
+    FOLLOW_BACKLOG and a period).
     """
 
     FOLLOW_PERIOD = 0.25
+    # A second is several of the leader's batches: behind by less, it is still catching up
+    # with a burst. Followers joining earlier competed with the receivers for the cores while
+    # the burst came in: their database sessions work at the receivers' priority, not at the
+    # worker's idle one.
+    FOLLOW_BACKLOG = 1.0
 
     def __init__(self, conn: psycopg.Connection):
         # Only the leader LISTENs: a NOTIFY costs the server and the client of every listener.
@@ -993,9 +999,9 @@ class _LeadingJournalWatcher(_ListenWatcher):
         # two, and then kept deciding (a batch that found work is followed by another at
         # once) as long as appends trickled in: every replica's decider raced over each
         # trickle, in a few times as many transactions. A follower takes only what has
-        # waited a whole period, which the leader would have decided by then were it keeping
+        # waited FOLLOW_BACKLOG, which the leader would have decided by then were it keeping
         # up. (received_at is the receiving replica's clock: a skew only moves that point.)
-        return None if self.leading else self.FOLLOW_PERIOD
+        return None if self.leading else self.FOLLOW_BACKLOG
 
     def _try_to_lead(self) -> None:
         if not self.leading:
