@@ -2,9 +2,9 @@
 PostgreSQL engine.
 
 A watcher (the decider's, a dispatcher's) binds a Unix datagram socket and leaves a marker
-named after it in `<database>-wakeups/`. After a commit that watchers of a channel wait for
-(a receiver's journal append, the decider's queued deliveries), the committer sends one byte
-to every socket of that channel, so the work is picked up at once instead of at the
+named after it in `<database>-wakeups/`. Once a write that watchers of a channel wait for is
+durable (a receiver's journal append, the decider's queued deliveries), the writer sends one
+byte to every socket of that channel, so the work is picked up at once instead of at the
 watcher's next look, which an idle watcher spaces out.
 
 A wake-up is only a hint. Watchers still look at the database now and then
