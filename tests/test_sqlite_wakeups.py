@@ -48,15 +48,15 @@ def quiet(monkeypatch):
     return idle
 
 
-def in_another_process(database, code: str) -> None:
+def in_another_process(database, code: str) -> subprocess.Popen:
     script = textwrap.dedent(f"""
         import time
-        from app.store import DEAD, Outcome, open_store
+        from app.store import open_store
         from tests.test_store import entry, queue_one
         store = open_store({str(database)!r})
         time.sleep(0.3)  # the watcher is waiting by now
     """) + textwrap.dedent(code)
-    subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
 
 
 def woken(watcher) -> float:
@@ -74,8 +74,9 @@ def test_an_idle_watcher_is_woken_by_a_commit_in_another_process(database, quiet
     store = open_store(database)
     watcher = quiet(getattr(store, watcher_of)())
     try:
-        in_another_process(database, commit)
+        writer = in_another_process(database, commit)
         assert woken(watcher) < WOKEN_WITHIN
+        assert writer.wait(30) == 0
     finally:
         watcher.close()
         store.close_all()

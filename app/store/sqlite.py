@@ -1006,10 +1006,6 @@ class _DataVersionWatcher(ChangeWatcher):
 
     INTERVAL = 0.005
     MAX_INTERVAL = 0.1
-    # With a wake-up socket, how often a wait looks at its `interrupt` event (it cannot wait
-    # on both at once). The events stop the waiting thread, which may take this long; no
-    # shorter than MAX_INTERVAL, so an idle worker wakes no more often than it looks.
-    INTERRUPT_CHECK = MAX_INTERVAL
 
     def __init__(self, path: Path, journal_folder: Path | None, listener: Listener | None,
                  commits: bool = True):
@@ -1062,8 +1058,9 @@ class _DataVersionWatcher(ChangeWatcher):
                 return False
             pause = min(self._interval(now), remaining)
             if self.listener is not None:
-                self.listener.wait(pause if interrupt is None
-                                   else min(pause, self.INTERRUPT_CHECK))
+                # The socket, not `interrupt` (one cannot wait on both): the event, set to
+                # stop the thread, is seen at the next look, as an idle watcher's changes are.
+                self.listener.wait(pause)
             elif interrupt is not None:
                 interrupt.wait(pause)
             else:
