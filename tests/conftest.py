@@ -38,22 +38,27 @@ def postgres_server():
     server.destroy()
 
 
-@pytest.fixture
-def config_data(tmp_path) -> dict:
-    """nudge.yml keys for an isolated instance; tests add or change keys before `app` is built."""
+def instance_config(folder: Path) -> dict:
+    """nudge.yml keys for an instance whose files all live in `folder`, on the shipped rules
+    and templates, taking the test token."""
     return {
-        "database": str(tmp_path / "nudge.db"),
+        "database": str(folder / "nudge.db"),
         "templates_dir": str(ROOT / "email_templates"),
         "rules_dir": str(ROOT / "alert_rules"),
         "public_url": "https://nudge.example.com",
-        "secret_key": "test-secret-key-of-at-least-32-bytes",
-        "webhook": {
-            "token": TOKEN,
-            "basic_auth": {"username": "alertmanager", "password": "pw"},
-        },
-        "delivery": {"outbox_dir": str(tmp_path / "outbox")},
-        "metrics": {"multiproc_dir": str(tmp_path / "metrics")},
+        "webhook": {"token": TOKEN},
+        "delivery": {"outbox_dir": str(folder / "outbox")},
+        "metrics": {"multiproc_dir": str(folder / "metrics")},
     }
+
+
+@pytest.fixture
+def config_data(tmp_path) -> dict:
+    """nudge.yml keys for an isolated instance; tests add or change keys before `app` is built."""
+    config = instance_config(tmp_path)
+    config["secret_key"] = "test-secret-key-of-at-least-32-bytes"
+    config["webhook"]["basic_auth"] = {"username": "alertmanager", "password": "pw"}
+    return config
 
 
 @pytest.fixture

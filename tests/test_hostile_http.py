@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from app.log_escaping import escape_controls
-from tests.conftest import ROOT, TOKEN, fixture_bytes
+from tests.conftest import TOKEN, fixture_bytes, instance_config
 from tests.processes import NudgeProcess
 
 MAX_BODY = 16384
@@ -22,15 +22,9 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \[\d+\] [A-Z]+ ")
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
-    nudge = NudgeProcess(folder, {
-        "database": str(folder / "nudge.db"),
-        "templates_dir": str(ROOT / "email_templates"),
-        "rules_dir": str(ROOT / "alert_rules"),
-        "public_url": "https://nudge.example.com",
-        "webhook": {"token": TOKEN, "max_body_bytes": MAX_BODY},
-        "delivery": {"outbox_dir": str(folder / "outbox")},
-        "metrics": {"multiproc_dir": str(folder / "metrics")},
-    }).start()
+    config = instance_config(folder)
+    config["webhook"]["max_body_bytes"] = MAX_BODY
+    nudge = NudgeProcess(folder, config).start()
     yield nudge
     nudge.stop()
 

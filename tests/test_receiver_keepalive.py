@@ -12,23 +12,16 @@ import pytest
 
 from app import RECEIVER_THREADS
 from app.receiver_worker import LINGER
-from tests.conftest import ROOT, TOKEN, fixture_bytes
+from tests.conftest import TOKEN, fixture_bytes, instance_config
 from tests.processes import NudgeProcess
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keepalive")
-    nudge = NudgeProcess(folder, {
-        "database": str(folder / "nudge.db"),
-        "templates_dir": str(ROOT / "email_templates"),
-        "rules_dir": str(ROOT / "alert_rules"),
-        "public_url": "https://nudge.example.com",
-        "webhook": {"token": TOKEN},
-        "server": {"workers": 1},  # every connection on one process and its threads
-        "delivery": {"outbox_dir": str(folder / "outbox")},
-        "metrics": {"multiproc_dir": str(folder / "metrics")},
-    }).start()
+    config = instance_config(folder)
+    config["server"] = {"workers": 1}  # every connection on one process and its threads
+    nudge = NudgeProcess(folder, config).start()
     yield nudge
     nudge.stop()
 
