@@ -224,9 +224,14 @@ class _DataTracking:
     data_started = False
 
     def mail(self, sender: str, options=()) -> tuple[int, bytes]:
-        if options or not PLAIN_ADDRESS.match(sender):
+        # sendmail passes SIZE= whenever the server offers SIZE, as most do; SMTPUTF8 needs
+        # smtplib's own handling (it switches the command encoding or refuses).
+        if (not PLAIN_ADDRESS.match(sender)
+                or any(option.lower() == "smtputf8" for option in options)):
             return super().mail(sender, options)  # type: ignore[misc]
-        self.putcmd("mail", f"FROM:<{sender}>")  # type: ignore[attr-defined]
+        esmtp = self.does_esmtp  # type: ignore[attr-defined]
+        extra = "".join(f" {option}" for option in options) if esmtp else ""
+        self.putcmd("mail", f"FROM:<{sender}>{extra}")  # type: ignore[attr-defined]
         return self.getreply()  # type: ignore[attr-defined]
 
     def rcpt(self, recipient: str, options=()) -> tuple[int, bytes]:

@@ -89,6 +89,7 @@ class ReceivedMessage:
     raw: bytes
     auth_login: str | None = None
     accepted_at: float = field(default_factory=time.time)
+    mail_options: tuple[str, ...] = ()  # the MAIL FROM parameters, such as SIZE=<bytes>
 
     def __getitem__(self, header: str) -> Any:
         """Shortcut for `self.message[header]`."""
@@ -269,6 +270,7 @@ class RecordingServer:
             message=message,  # type: ignore[arg-type]  # policy.default yields EmailMessage
             raw=raw,
             auth_login=login,
+            mail_options=tuple(envelope.mail_options),
         )
         with self._changed:
             self._state.messages.append(received)

@@ -185,6 +185,21 @@ def test_one_connection_carries_many_messages(server, transport):
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("sender", ["nudge@example.com", '"Nudge Team"@example.com'])
+def test_mail_from_declares_the_size_the_server_asks_for(server, sender):
+    transport = SmtpTransport(plain(server))
+    message = make_message(1)
+    try:
+        transport.send(OutgoingEmail(sender, message.recipient, message.data))
+    finally:
+        transport.close()
+
+    received = server.wait_for(1)[0]
+    assert received.mail_from == sender
+    assert received.mail_options == (f"SIZE={len(message.data)}",)
+    assert received.raw == message.data
+
+
 def test_reconnects_when_server_closed_the_idle_connection(server, transport):
     transport.send(make_message(1))
     server.wait_for(1)
