@@ -3,7 +3,7 @@
     echo '{"mode": "throughput", ...}' | python -m benchmarks.loadgen
 
 Reads one JSON spec on stdin, prints one JSON result on stdout. Each client process keeps
-one http.client connection alive, as Alertmanager does, and sends payloads built by
+one HTTP/1.1 connection alive, as Alertmanager does, and sends payloads built by
 benchmarks.payloads. When the server answers `Connection: close` (Nudge's receiver does
 after every 100 requests on a connection, so that a few long-lived connections spread over
 all its workers) the client reconnects before its next POST, as Alertmanager's HTTP client
@@ -25,9 +25,10 @@ Modes:
 
 from __future__ import annotations
 
-import http.client
 import json
 import multiprocessing
+import queue
+import socket
 import sys
 import time
 from urllib.parse import urlsplit
@@ -35,59 +36,119 @@ from urllib.parse import urlsplit
 from benchmarks import payloads
 
 
-class _Connection(http.client.HTTPConnection):
-    """One keep-alive connection that counts how often it had to be (re)opened."""
+class _Connection:
+    """One keep-alive HTTP/1.1 connection on a plain socket, counting how often it had to be
+    (re)opened.
 
-    def __init__(self, url: str):
+    Not http.client: it parses every answer's headers with the email package, and the load
+    generator shares the cores with the server it measures (and, in benchmark 4, stands for
+    an Alertmanager that would run on a machine of its own). Here a POST is one write of
+    bytes built once, and an answer is read with only what keep-alive needs: the status,
+    Content-Length (or chunks) and `Connection: close`."""
+
+    def __init__(self, url: str, token: str | None):
         parts = urlsplit(url)
-        super().__init__(parts.hostname, parts.port, timeout=120)
+        self.address = (parts.hostname, parts.port or 80)
+        head = ["POST /webhook HTTP/1.1", f"Host: {parts.netloc}",
+                "Content-Type: application/json", "User-Agent: Alertmanager/0.25.0"]
+        if token:
+            head.append(f"Authorization: Bearer {token}")
+        self.head = ("\r\n".join(head) + "\r\nContent-Length: ").encode()
+        self.sock: socket.socket | None = None
+        self.buffer = b""
         self.opened = 0  # TCP connections opened (the first one included)
         self.server_closes = 0  # answers carrying `Connection: close`
         self.retries = 0  # POSTs sent again after a reused connection turned out closed
 
     def connect(self) -> None:
-        super().connect()
+        self.sock = socket.create_connection(self.address, timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
         self.opened += 1
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self.buffer = b""
 
     def counts(self) -> dict:
         return {"connections": self.opened, "server_closes": self.server_closes,
                 "retries": self.retries}
 
+    def post(self, body: bytes) -> int:
+        """The answer's status, or 0 when there was none (the connection failed)."""
+        request = b"%s%d\r\n\r\n%s" % (self.head, len(body), body)
+        for attempt in (1, 2):
+            reused = self.sock is not None
+            try:
+                if self.sock is None:
+                    self.connect()
+                try:
+                    self.sock.sendall(request)
+                except (BrokenPipeError, ConnectionResetError):
+                    raise _Stale from None
+                status, will_close = self._answer()
+            except _Stale:
+                self.close()
+                if reused and attempt == 1:
+                    self.retries += 1
+                    continue
+                return 0
+            except (OSError, ValueError):
+                self.close()
+                return 0
+            if will_close:
+                self.server_closes += 1
+                self.close()  # a new connection for the next request
+            return status
+        return 0
 
-# The server closed a kept-alive connection before reading this request: nothing was
-# processed, so sending it again on a fresh connection is safe.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        self.buffer += chunk
 
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._fill()
+        taken, self.buffer = self.buffer[:size], self.buffer[size:]
+        return taken
 
-def _post(conn: _Connection, body: bytes, headers: dict) -> int:
-    """The answer's status, or 0 when there was none (the connection failed)."""
-    for attempt in (1, 2):
-        reused = conn.sock is not None
+    def _line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            self._fill()
+        return self._take(end + 2)[:-2]
+
+    def _answer(self) -> tuple[int, bool]:
         try:
-            conn.request("POST", "/webhook", body, headers)
-            response = conn.getresponse()
-            response.read()
-        except _STALE:
-            conn.close()
-            if reused and attempt == 1:
-                conn.retries += 1
-                continue
-            return 0
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            return 0
-        if response.will_close:
-            conn.server_closes += 1
-            conn.close()  # http.client opens a new connection for the next request
-        return response.status
-    return 0
+            while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+                self._fill()
+        except ConnectionResetError:
+            if not self.buffer:  # closed before answering: nothing was processed
+                raise _Stale from None
+            raise
+        head = self._take(end + 4).decode("latin-1").lower().split("\r\n")
+        version, status = head[0].split(" ", 2)[:2]
+        fields = dict(line.split(":", 1) for line in head[1:] if ":" in line)
+        fields = {name.strip(): value.strip() for name, value in fields.items()}
+        will_close = version != "http/1.1" or fields.get("connection") == "close"
+        if "content-length" in fields:
+            self._take(int(fields["content-length"]))
+        elif fields.get("transfer-encoding") == "chunked":
+            while (size := int(self._line().split(b";")[0], 16)) > 0:
+                self._take(size + 2)
+            while self._line():  # trailers, then the empty line
+                pass
+        else:  # the body runs to the end of the connection
+            will_close = True
+        return int(status), will_close
 
 
-def _headers(spec: dict) -> dict:
-    headers = {"Content-Type": "application/json", "User-Agent": "Alertmanager/0.25.0"}
-    if spec.get("token"):
-        headers["Authorization"] = f"Bearer {spec['token']}"
-    return headers
+class _Stale(Exception):
+    """The server closed a kept-alive connection before reading this request: nothing was
+    processed, so sending it again on a fresh connection is safe."""
 
 
 def _url(spec: dict, client: int) -> str:
@@ -100,8 +161,7 @@ def _url(spec: dict, client: int) -> str:
 def _throughput_client(spec: dict, client: int, start: float, results) -> None:
     per_post = spec["alerts_per_post"]
     template = payloads.template(f"{spec['prefix']}{client}", per_post)
-    headers = _headers(spec)
-    conn = _Connection(_url(spec, client))
+    conn = _Connection(_url(spec, client), spec.get("token"))
     window_start = start + spec["warmup"]
     window_end = window_start + spec["duration"]
     ok_alerts = posts = errors = total_ok = total_errors = 0
@@ -113,7 +173,7 @@ def _throughput_client(spec: dict, client: int, start: float, results) -> None:
         sent = time.time()
         if sent >= window_end:
             break
-        status = _post(conn, payloads.body(template, seq), headers)
+        status = conn.post(payloads.body(template, seq))
         seq += 1
         done = time.time()
         if status == 200:
@@ -137,13 +197,12 @@ def _throughput_client(spec: dict, client: int, start: float, results) -> None:
 def _fixed_client(spec: dict, client: int, start: float, results) -> None:
     per_post = spec["alerts_per_post"]
     template = payloads.template(spec["prefix"], per_post)
-    headers = _headers(spec)
-    conn = _Connection(_url(spec, client))
+    conn = _Connection(_url(spec, client), spec.get("token"))
     ok_alerts = errors = 0
     last_ok = 0.0
     time.sleep(max(0.0, start - time.time()))
     for seq in range(client, spec["posts"], spec["clients"]):
-        if _post(conn, payloads.body(template, seq), headers) == 200:
+        if conn.post(payloads.body(template, seq)) == 200:
             ok_alerts += per_post
             last_ok = time.time()
         else:
@@ -154,8 +213,7 @@ def _fixed_client(spec: dict, client: int, start: float, results) -> None:
 
 
 def _rate_client(spec: dict, client: int, start: float, results) -> None:
-    headers = _headers(spec)
-    conn = _Connection(spec["url"])
+    conn = _Connection(spec["url"], spec.get("token"))
     interval = 1.0 / spec["rate"]
     answered: dict[str, float] = {}
     errors = 0
@@ -163,7 +221,7 @@ def _rate_client(spec: dict, client: int, start: float, results) -> None:
         time.sleep(max(0.0, start + index * interval - time.time()))
         user = payloads.user_id(spec["prefix"], index, 0)
         body = json.dumps(payloads.notification([user]), separators=(",", ":")).encode()
-        if _post(conn, body, headers) == 200:
+        if conn.post(body) == 200:
             answered[payloads.email_for(user)] = time.time()
         else:
             errors += 1
@@ -185,7 +243,20 @@ def run(spec: dict) -> dict:
     ]
     for process in processes:
         process.start()
-    parts = [results.get() for _ in processes]
+    parts = []
+    while len(parts) < len(processes):
+        try:
+            parts.append(results.get(timeout=1.0))
+        except queue.Empty:
+            # A client that died (its traceback is on stderr) never reports: say so rather
+            # than wait for it forever.
+            failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if failed or all(p.exitcode is not None for p in processes):
+                for process in processes:
+                    process.kill()
+                raise SystemExit(f"load generator: {len(processes) - len(parts)} client "
+                                 f"process(es) ended without a result (exit codes "
+                                 f"{[p.exitcode for p in processes]})") from None
     for process in processes:
         process.join()
     result: dict = {"start": start, "clients": spec["clients"],
