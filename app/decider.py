@@ -164,11 +164,11 @@ class Decider:
                 logged.append((item, counts))
             batch.add_decisions(records, now)
         # Committed: only now do logs and metrics say it happened.
-        for item, counts in logged:
+        for _item, counts in logged:
             report.notifications += 1
             report.alerts += sum(counts.values())
             report.queued += counts[QUEUED]
-            self._log(item, counts)
+        self._log_batch(logged, report)
         for (outcome, reason), count in report.by_reason.items():
             metrics.ALERT_DECISIONS.labels(outcome, reason).inc(count)
             if outcome == CANCELLED:
@@ -247,15 +247,38 @@ class Decider:
             item.cancels.append(policy.firing_key_to_cancel(alert, self.alert_policy))
         return item
 
+    @classmethod
+    def _log_batch(cls, logged: list[tuple[_Prepared, Counter]], report: BatchReport) -> None:
+        """One INFO line per batch: a notification's own line when it was decided alone (as
+        when alerts trickle in), else what the batch came to, with each notification's line at
+        DEBUG. A line per notification in a burst would be a second line per email beside the
+        sender's, and formatting them cost a fifth of the decider's CPU."""
+        if len(logged) == 1:
+            cls._log(*logged[0], logging.INFO)
+            return
+        if not logged:
+            return
+        outcomes: Counter = Counter()
+        for (outcome, _reason), count in report.by_reason.items():
+            outcomes[outcome] += count
+        ids = [item.pending.id for item, _ in logged]
+        log.info("decided %d notifications (%d to %d), %d alerts: %d queued, %d duplicate, "
+                 "%d skipped%s", report.notifications, min(ids), max(ids), report.alerts,
+                 outcomes[QUEUED], outcomes[DUPLICATE], outcomes[SKIPPED],
+                 f", {outcomes[CANCELLED]} cancelled" if outcomes[CANCELLED] else "")
+        if log.isEnabledFor(logging.DEBUG):
+            for item, counts in logged:
+                cls._log(item, counts, logging.DEBUG)
+
     @staticmethod
-    def _log(item: _Prepared, counts: Counter) -> None:
+    def _log(item: _Prepared, counts: Counter, level: int) -> None:
         notification = item.notification
         if notification is None:
             return
-        log.info("notification %d from receiver=%s group=%s: %d alerts (%s): %d queued, "
-                 "%d duplicate, %d skipped", item.pending.id, notification.receiver,
-                 notification.group_key, len(notification.alerts), notification.status,
-                 counts[QUEUED], counts[DUPLICATE], counts[SKIPPED])
+        log.log(level, "notification %d from receiver=%s group=%s: %d alerts (%s): %d queued, "
+                "%d duplicate, %d skipped", item.pending.id, notification.receiver,
+                notification.group_key, len(notification.alerts), notification.status,
+                counts[QUEUED], counts[DUPLICATE], counts[SKIPPED])
 
 
 def _new_delivery(item: _Prepared, alert: Alert, candidate: Candidate, alert_json: str

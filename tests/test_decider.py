@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -79,6 +80,35 @@ def test_batches_are_bounded_and_the_journal_is_decided_in_order(store):
     assert sizes == [2] * 6  # 25 alerts per batch: two notifications of ten
     decisions = sorted(store.list_decisions(), key=lambda d: d["id"])
     assert [d["notification_id"] for d in decisions][::10] == ids
+
+
+def test_a_burst_logs_one_info_line_per_batch_and_each_notification_at_debug(store, caplog):
+    first = append(store, body("NoFirstApiCall", ["a", "b"]), 2)
+    append(store, body("NoFirstApiCall", ["a"]))  # the same episode again: a duplicate
+    last = append(store, body("NoFirstApiCall", ["c"]))
+    with caplog.at_level(logging.INFO, logger="nudge.decider"):
+        Decider(store, AlertPolicy()).decide_all()
+
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (f"decided 3 notifications ({first} to {last}), 4 alerts: 3 queued, "
+                    "1 duplicate, 0 skipped")
+
+    caplog.clear()
+    alone = append(store, body("NoFirstApiCall", ["d"]))
+    more = [append(store, body("NoFirstApiCall", [user])) for user in ("e", "f")]
+    with caplog.at_level(logging.DEBUG, logger="nudge.decider"):
+        decider = Decider(store, AlertPolicy())
+        decider.decide_batch(max_notifications=1)
+        decider.decide_all()
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    # Decided alone, a notification keeps its own line at INFO.
+    assert info[0].startswith(f"notification {alone} from receiver=nudge")
+    assert info[0].endswith("1 alerts (firing): 1 queued, 0 duplicate, 0 skipped")
+    assert info[1].startswith("decided 2 notifications")
+    assert [m for m in debug if m.startswith("notification ")] == [
+        m for n in more for m in debug if m.startswith(f"notification {n} from")]
+    assert len([m for m in debug if m.startswith("notification ")]) == 2
 
 
 def test_on_sqlite_every_statement_of_a_decision_batch_finds_its_rows_through_an_index(store):
