@@ -244,15 +244,68 @@ class _DataTracking:
         self.data_started = True
         if not isinstance(msg, bytes) or not _crlf_only(msg):
             return super().data(msg)  # type: ignore[misc]
-        if msg.startswith(b".") or b"\n." in msg:  # dot-stuffing (RFC 5321 4.5.2)
-            msg = (b"." if msg.startswith(b".") else b"") + msg.replace(b"\r\n.", b"\r\n..")
         self.putcmd("data")  # type: ignore[attr-defined]
         code, reply = self.getreply()  # type: ignore[attr-defined]
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
-        ending = b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n"
-        self.send(msg + ending)  # type: ignore[attr-defined]
+        self.send(_wire_data(msg))  # type: ignore[attr-defined]
         return self.getreply()  # type: ignore[attr-defined]
+
+    def can_pipeline(self, sender: str, recipient: str, msg: bytes) -> bool:
+        """Whether this message can go by send_pipelined: the server offers PIPELINING, the
+        addresses are plain (nothing for SMTPUTF8 or quoting) and the lines end in CRLF."""
+        return (self.does_esmtp and self.has_extn("pipelining")  # type: ignore[attr-defined]
+                and PLAIN_ADDRESS.match(sender) is not None
+                and PLAIN_ADDRESS.match(recipient) is not None and _crlf_only(msg))
+
+    def send_pipelined(self, sender: str, recipient: str, msg: bytes) -> None:
+        """What sendmail does for one recipient, with MAIL, RCPT and DATA in one write and
+        their replies read in order (RFC 2920): one system call, and one wake-up of the relay,
+        instead of three. Raises the errors sendmail raises, for the same replies."""
+        size = f" SIZE={len(msg)}" if self.has_extn("size") else ""  # type: ignore[attr-defined]
+        self.send(f"MAIL FROM:<{sender}>{size}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
+                  .encode("ascii"))  # type: ignore[attr-defined]
+        mail = self.getreply()  # type: ignore[attr-defined]
+        if mail[0] == 421:  # the relay is closing the connection: no other reply will come
+            self.close()  # type: ignore[attr-defined]
+            raise smtplib.SMTPSenderRefused(*mail, sender)
+        rcpt = self.getreply()  # type: ignore[attr-defined]
+        if rcpt[0] == 421:
+            self.close()  # type: ignore[attr-defined]
+            raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
+        data = self.getreply()  # type: ignore[attr-defined]
+        envelope_refused = mail[0] != 250 or rcpt[0] not in (250, 251)
+        if data[0] == 354 and envelope_refused:
+            # A relay should refuse DATA without a recipient; one that did not gets an empty
+            # message, which it has nobody to deliver to.
+            self.send(b".\r\n")  # type: ignore[attr-defined]
+            self.getreply()  # type: ignore[attr-defined]
+        if data[0] == 421:
+            self.close()  # type: ignore[attr-defined]
+        elif data[0] != 354 or envelope_refused:
+            self._rset()  # type: ignore[attr-defined]
+        if mail[0] != 250:
+            raise smtplib.SMTPSenderRefused(*mail, sender)
+        if rcpt[0] not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
+        if data[0] != 354:
+            raise smtplib.SMTPDataError(*data)
+        self.data_started = True
+        self.send(_wire_data(msg))  # type: ignore[attr-defined]
+        code, reply = self.getreply()  # type: ignore[attr-defined]
+        if code != 250:
+            if code == 421:
+                self.close()  # type: ignore[attr-defined]
+            else:
+                self._rset()  # type: ignore[attr-defined]
+            raise smtplib.SMTPDataError(code, reply)
+
+
+def _wire_data(msg: bytes) -> bytes:
+    """A message whose lines all end in CRLF, dot-stuffed (RFC 5321 4.5.2) and terminated."""
+    if msg.startswith(b".") or b"\n." in msg:
+        msg = (b"." if msg.startswith(b".") else b"") + msg.replace(b"\r\n.", b"\r\n..")
+    return msg + (b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
 def _crlf_only(data: bytes) -> bool:
@@ -321,7 +374,10 @@ class SmtpTransport:
     def _send_once(self, message: OutgoingEmail) -> None:
         client = self._connection()
         client.data_started = False
-        client.sendmail(message.sender, [message.recipient], message.data)
+        if client.can_pipeline(message.sender, message.recipient, message.data):
+            client.send_pipelined(message.sender, message.recipient, message.data)
+        else:
+            client.sendmail(message.sender, [message.recipient], message.data)
 
     def _connection(self) -> "_SMTP | _SMTPS":
         if self._client is not None and self._client.sock is None:

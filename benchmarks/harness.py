@@ -296,13 +296,14 @@ def split_text(seconds: list[float]) -> str:
 class SmtpSink:
     """benchmarks.smtp_sink in its own process."""
 
-    def __init__(self, workdir: Path, latency: float, name: str = "smtp-sink"):
+    def __init__(self, workdir: Path, latency: float, name: str = "smtp-sink",
+                 pipelining: bool = True):
         self.latency = latency
         self.log = SinkLog(workdir / f"{name}.messages")
         self.process = Process(
             name,
             [PYTHON, "-m", "benchmarks.smtp_sink", "--latency", str(latency),
-             "--log", str(self.log.path)],
+             "--log", str(self.log.path), *([] if pipelining else ["--no-pipelining"])],
             workdir / f"{name}.log",
             stdout_pipe=True,
         )

@@ -103,6 +103,7 @@ class _State:
     open_sessions: set["_Protocol"] = field(default_factory=set)
     peak_sessions: int = 0  # most connections open at once
     mail_times: list[float] = field(default_factory=list)  # when each MAIL FROM arrived
+    writes: list[bytes] = field(default_factory=list)  # what each read from a client held
 
 
 class RecordingServer:
@@ -116,11 +117,13 @@ class RecordingServer:
         latency: float = 0.0,
         certificate: Certificate | None = None,
         implicit_tls: bool = False,
+        pipelining: bool = False,
     ) -> None:
         self.host = HOST
         self.port = 0
         self.credentials = credentials
         self.latency = latency
+        self.pipelining = pipelining  # offer PIPELINING in the EHLO reply, as most relays do
         self._changed = threading.Condition()
         self._state = _State()
         self._armed = False  # ignore the connection aiosmtpd makes to itself at start-up
@@ -200,6 +203,12 @@ class RecordingServer:
         """When each MAIL FROM arrived (time.time()), accepted or not, oldest first."""
         with self._changed:
             return list(self._state.mail_times)
+
+    @property
+    def writes(self) -> list[bytes]:
+        """The bytes of each read from a client connection, in order (plain connections)."""
+        with self._changed:
+            return list(self._state.writes)
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[ReceivedMessage]:
         """Wait until at least `count` messages arrived; TimeoutError otherwise."""
@@ -488,6 +497,13 @@ class _Handler:
     def __init__(self, owner: RecordingServer) -> None:
         self._owner = owner
 
+    async def handle_EHLO(self, server: "_Protocol", session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that has the hook
+        if self._owner.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
+
     async def handle_MAIL(
         self, server: "_Protocol", session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
@@ -552,6 +568,11 @@ class _Protocol(SMTP):
         await self.push(refusal)
         assert self.transport is not None
         self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        with self._owner._changed:
+            self._owner._state.writes.append(data)
+        super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._owner._session_closed(self)

@@ -62,9 +62,15 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     return generate_certificate(tmp_path_factory.mktemp("tls"))
 
 
+@pytest.fixture(params=[False, True], ids=["command-by-command", "pipelining"])
+def pipelining(request) -> bool:
+    """Whether the test's server offers PIPELINING (most relays do; aiosmtpd alone does not)."""
+    return request.param
+
+
 @pytest.fixture
-def server() -> Iterator[RecordingServer]:
-    with RecordingServer() as running:
+def server(pipelining) -> Iterator[RecordingServer]:
+    with RecordingServer(pipelining=pipelining) as running:
         yield running
 
 
@@ -200,6 +206,27 @@ def test_mail_from_declares_the_size_the_server_asks_for(server, sender):
     assert received.raw == message.data
 
 
+def test_a_relay_offering_pipelining_gets_the_envelope_and_data_command_in_one_write(
+        server, transport, pipelining):
+    messages = [make_message(n) for n in range(3)]
+    for message in messages:
+        transport.send(message)
+
+    received = server.wait_for(3)
+    assert [r.raw for r in received] == [m.data for m in messages]
+    envelopes = [(f"MAIL FROM:<nudge@example.com> SIZE={len(m.data)}\r\n"
+                  f"RCPT TO:<user{n}@example.org>\r\nDATA\r\n").encode()
+                 for n, m in enumerate(messages)]
+    writes = server.writes
+    if pipelining:
+        assert [w for w in writes if w.startswith(b"MAIL")] == envelopes
+    else:
+        commands = [w.upper() for w in writes if w[:4].upper() in (b"MAIL", b"RCPT", b"DATA")]
+        assert [c.split(b":")[0].split(b"\r")[0] for c in commands] == [
+            b"MAIL FROM", b"RCPT TO", b"DATA"] * 3
+    assert server.connections == 1
+
+
 def test_reconnects_when_server_closed_the_idle_connection(server, transport):
     transport.send(make_message(1))
     server.wait_for(1)
@@ -214,8 +241,8 @@ def test_reconnects_when_server_closed_the_idle_connection(server, transport):
     assert server.connections == 2
 
 
-def test_reconnects_when_connection_drops_at_mail_from():
-    with DroppingServer(stage="MAIL", skip=1, times=1) as server:
+def test_reconnects_when_connection_drops_at_mail_from(pipelining):
+    with DroppingServer(stage="MAIL", skip=1, times=1, pipelining=pipelining) as server:
         transport = SmtpTransport(plain(server))
         transport.send(make_message(1))
         transport.send(make_message(2))
@@ -226,8 +253,9 @@ def test_reconnects_when_connection_drops_at_mail_from():
         assert server.connections == 2
 
 
-def test_reconnects_when_server_announces_idle_timeout_with_421():
-    with RejectingServer(421, "4.4.2 idle timeout", stage="MAIL", skip=1, times=1) as server:
+def test_reconnects_when_server_announces_idle_timeout_with_421(pipelining):
+    with RejectingServer(421, "4.4.2 idle timeout", stage="MAIL", skip=1, times=1,
+                         pipelining=pipelining) as server:
         transport = SmtpTransport(plain(server))
         transport.send(make_message(1))
         transport.send(make_message(2))
@@ -238,8 +266,8 @@ def test_reconnects_when_server_announces_idle_timeout_with_421():
         assert server.connections == 2
 
 
-def test_never_resends_when_connection_drops_after_the_message_was_sent():
-    with DroppingServer(stage="END_OF_DATA", skip=1, times=1) as server:
+def test_never_resends_when_connection_drops_after_the_message_was_sent(pipelining):
+    with DroppingServer(stage="END_OF_DATA", skip=1, times=1, pipelining=pipelining) as server:
         transport = SmtpTransport(plain(server))
         transport.send(make_message(1))
 
@@ -274,8 +302,9 @@ def test_never_resends_when_connection_drops_after_the_message_was_sent():
         ("DATA", 554, "5.6.0 message rejected", True, None),
     ],
 )
-def test_smtp_replies_are_classified_by_whose_fault_they_are(stage, code, text, permanent, setup):
-    with RejectingServer(code, text, stage=stage) as server:
+def test_smtp_replies_are_classified_by_whose_fault_they_are(stage, code, text, permanent, setup,
+                                                              pipelining):
+    with RejectingServer(code, text, stage=stage, pipelining=pipelining) as server:
         transport = SmtpTransport(plain(server))
 
         error = send_expecting_error(transport, make_message())
@@ -286,8 +315,9 @@ def test_smtp_replies_are_classified_by_whose_fault_they_are(stage, code, text, 
         transport.close()
 
 
-def test_connection_is_kept_after_a_recipient_is_refused():
-    with RejectingServer(550, "5.1.1 user unknown", stage="RCPT", times=1) as server:
+def test_connection_is_kept_after_a_recipient_is_refused(pipelining):
+    with RejectingServer(550, "5.1.1 user unknown", stage="RCPT", times=1,
+                         pipelining=pipelining) as server:
         transport = SmtpTransport(plain(server))
         assert send_expecting_error(transport, make_message(1)).permanent
 
@@ -298,8 +328,9 @@ def test_connection_is_kept_after_a_recipient_is_refused():
         transport.close()
 
 
-def test_send_succeeds_once_a_temporary_failure_clears():
-    with RejectingServer(451, "4.3.0 try again later", stage="DATA", times=2) as server:
+def test_send_succeeds_once_a_temporary_failure_clears(pipelining):
+    with RejectingServer(451, "4.3.0 try again later", stage="DATA", times=2,
+                         pipelining=pipelining) as server:
         transport = SmtpTransport(plain(server))
         for _ in range(2):
             assert send_expecting_error(transport, make_message()).permanent is False
@@ -309,6 +340,41 @@ def test_send_succeeds_once_a_temporary_failure_clears():
         assert len(server.wait_for(1)) == 1
         assert server.rejected == 2
         transport.close()
+
+
+def test_a_relay_that_takes_data_after_refusing_the_recipient_gets_no_message():
+    """RFC 2920: a relay should refuse DATA when no recipient was accepted. One that answers
+    354 anyway is given an empty message (a lone dot), never the email."""
+    replies = {b"EHLO": b"250-scripted\r\n250-SIZE 1000000\r\n250 PIPELINING\r\n",
+               b"MAIL": b"250 2.1.0 ok\r\n", b"RCPT": b"550 5.1.1 user unknown\r\n",
+               b"DATA": b"354 go ahead\r\n", b".": b"554 5.5.1 no valid recipients\r\n",
+               b"RSET": b"250 2.0.0 ok\r\n", b"QUIT": b"221 2.0.0 bye\r\n"}
+    received: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection, connection.makefile("rb") as lines:
+                connection.sendall(b"220 scripted ESMTP\r\n")
+                for line in lines:
+                    received.append(line)
+                    connection.sendall(replies.get(line.split()[0].upper(), b"500 what\r\n"))
+                    if line.upper().startswith(b"QUIT"):
+                        return
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{listener.getsockname()[1]}"))
+        message = make_message(1)
+
+        error = send_expecting_error(transport, message)
+        transport.close()
+        thread.join(5)
+
+    assert error.permanent and str(error).endswith(": 5.1.1 user unknown")
+    assert str(error).startswith("SMTP 550 ")
+    commands = [line.split(b":")[0].split()[0].upper() for line in received]
+    assert commands == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b".", b"RSET", b"QUIT"]
+    assert b"Subject" not in b"".join(received)
 
 
 def test_refused_connection_is_transient():
