@@ -214,7 +214,8 @@ def _parse_timeout(value: str) -> float:
 
 
 class _DataTracking:
-    """Remembers whether DATA was started, i.e. whether the server may now have the message.
+    """Remembers whether DATA was started, i.e. whether the server may now have the message
+    (pipelined: whether the message itself went out after the relay's 354).
 
     Also spares smtplib work Nudge has done already: the addresses are checked plain
     addr-specs (smtplib would parse each again with email.utils to quote it), and a message
