@@ -28,6 +28,9 @@ TOKEN = "bench-token"
 
 # What `make bench` measures Nudge with: the shipped default.
 RECOMMENDED_CONNECTIONS = DEFAULTS["smtp"]["connections"]
+# Nudge.wait_decided waits at least this many times as long as its last look took: the
+# harness then takes at most about a ninth of a core from the decider it waits for.
+POLL_COST_FACTOR = 8
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -416,15 +419,22 @@ class Nudge:
 
     def wait_decided(self, timeout: float, interval: float = 0.05) -> tuple[float, JournalStats]:
         """Poll the journal until no accepted notification is left undecided, or `timeout`:
-        (the time.time() it was seen empty, the last stats). The process must stay alive."""
+        (the time.time() it was seen empty, the last stats). The process must stay alive.
+
+        A look counts the decided rows and scans the undecided journal: after millions of
+        alerts it takes long enough that looking every `interval` would take a good part of
+        a core from the decider it waits for. So it waits at least POLL_COST_FACTOR times as
+        long as the last look took (the last decision is then seen a little later, a small
+        error beside a decide that long)."""
         deadline = time.monotonic() + timeout
         while True:
+            began = time.monotonic()
             stats = self.journal_stats()
             now = time.time()
             if stats.pending == 0 or time.monotonic() > deadline:
                 return now, stats
             self.process.check_alive()
-            time.sleep(interval)
+            time.sleep(max(interval, POLL_COST_FACTOR * (time.monotonic() - began)))
 
     def count(self, table: str, where: str = "") -> int:
         """Rows of a table (no store operation counts them): read-only, outside the store."""
