@@ -33,7 +33,9 @@ together. They drain it to the SMTP sink, 20 ms per SMTP command as in benchmark
 `CONNECTIONS` SMTP connections in all (12 for one worker, 4 each for three: the relay's
 latency allows the same rate, 200 emails/s, to both). Rate from the first email accepted by
 the sink to the last; CPU per email of the workers (each one's process tree), and apart of
-the PostgreSQL server, from the due time to the last email. A fourth delivery setup, one
+the PostgreSQL server, from the due time to the last email, and the transactions the
+database committed per email (claims, outcome writes and lease renewals are one each; read
+from pg_stat_database once the workers have stopped). A fourth delivery setup, one
 replica whose worker sends from 3 processes of 4 connections each, runs as many sending
 processes as the three replicas: CPU per email grows with the processes that share these
 cores, replicas or not, and that figure (no target) shows how much of the growth is left
@@ -110,6 +112,7 @@ class Drain:
     nudge_cpu: float  # CPU seconds of the workers, due time -> last email
     pg_cpu: float
     split: list[float] = field(default_factory=list)  # per worker
+    transactions: int = 0  # PostgreSQL: transactions committed in the database, same period
 
 
 class Blackhole:
@@ -366,17 +369,33 @@ def drain_round(name: str, replicas: int, folder: Path, cluster: Cluster | None,
         time.sleep(max(0.0, due - 0.05 - time.time()))
         meters = [CpuMeter(nudge.process.pid).start() for nudge in fleet]
         pg_meter = cluster.meter() if cluster is not None else None
+        committed = committed_transactions(database)
         sink.wait_for(before + count, timeout=120 + count * 0.1,
                       others=[nudge.process for nudge in fleet])
         split = [_meter_total(meter) for meter in meters]
         pg_cpu = _meter_total(pg_meter)
     finally:
         stop_fleet(fleet)
+    # Read once the workers' connections are closed: a busy connection reports its counts at
+    # most once a second, and all of them when it ends.
+    transactions = committed_transactions(database) - committed
     sink.log.refresh()
     rate, emails = sink_rate(sink, prefix)
     distinct = len({rcpt for _t, _id, rcpt in sink.log.accepted if rcpt.startswith(prefix)})
     return Drain(rate=rate, emails=emails, distinct=distinct, nudge_cpu=sum(split),
-                 pg_cpu=pg_cpu, split=split)
+                 pg_cpu=pg_cpu, split=split, transactions=transactions)
+
+
+def committed_transactions(database: str | Path) -> int:
+    """PostgreSQL: transactions committed in this database so far (pg_stat_database; each
+    single statement in autocommit is one; this query's own counts too, one per call).
+    SQLite: 0, it keeps no such count."""
+    if not is_postgres(database):
+        return 0
+    # The statistics are read once per transaction: a connection of its own, each time.
+    (count,) = scalars(database, "SELECT xact_commit FROM pg_stat_database "
+                                 "WHERE datname = current_database()")
+    return int(count)
 
 
 # -- the benchmark ------------------------------------------------------------------------------
@@ -519,6 +538,12 @@ def _report_drains(result: Result, drains: dict[str, list[Drain]], sizes: Sizes)
             f"{name} {med(name):,.1f}; {cpu(name):.2f} ms"
             + (f" + {cpu(name, 'pg_cpu'):.2f} ms" if name != SQLITE else "")
             for name in drains),
+        # Per-batch work (claims, outcome writes) is a transaction each: fewer emails per
+        # process per second means smaller batches, so more of them per email.
+        f"{what}: PostgreSQL transactions per email (claims, outcome writes, lease renewals; "
+        f"medians): " + "; ".join(
+            f"{name} {_median([r.transactions / max(1, r.emails) for r in drains[name]]):.2f}"
+            for name in drains if name != SQLITE),
         f"{what}, every round, emails/s: " + "; ".join(
             f"{name} " + ", ".join(f"{r.rate:,.1f}" for r in drains[name]) for name in drains)
         + "; Nudge CPU split over the 3 workers: " + ", ".join(_shares(r.split) for r in drains[PG3])
