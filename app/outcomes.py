@@ -80,7 +80,11 @@ class BackgroundOutcomes:
         with self._cond:
             self._unrecorded.add(outcome.delivery.id)
             self._queue.append(outcome)
-            self._cond.notify()
+            # The writer waits for a batch's first outcome, then gathers the next ones until
+            # GATHER_BELOW or GATHER: waking it for each one in between would only put it to
+            # sleep again.
+            if len(self._queue) == 1 or len(self._queue) >= GATHER_BELOW:
+                self._cond.notify()
 
     def unrecorded(self, delivery: Delivery) -> bool:
         """Whether this delivery's outcome is still waiting to be written."""

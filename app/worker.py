@@ -21,6 +21,7 @@ from app.circuit import HOLD
 from app.config import Config
 from app.decider import Decider
 from app.delivery import Deliverer
+from app.interrupts import Interrupt
 from app.outcomes import BackgroundOutcomes
 from app.policy import AlertPolicy
 from app.redact import redact_url
@@ -98,11 +99,13 @@ class DeliveryWorker:
         self.config = config
         self.senders = (senders or config.smtp_connections) if send else 0
         self.decide = decide
-        self.stopping = threading.Event()
+        # Interrupts, not plain events: the dispatcher and the decider sleep on the database's
+        # notifications and must wake at once when stopped or given work.
+        self.stopping = Interrupt()
         self.store = store_for(config, pool_size=self.senders + 5)
         self.deliverer = Deliverer(config, self.store)
         self.decider = Decider(self.store, AlertPolicy.from_config(config))
-        self.new_work = threading.Event()
+        self.new_work = Interrupt()
         self.leases = LeaseKeeper(self.store, config.lease)
         self.new_transport = transport_factory(config.smtp_url, config.outbox_dir)
         # A claimed delivery and its user's suppressions, read with the claim.

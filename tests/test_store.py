@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from app.interrupts import Interrupt
 from app.store import (
     QUEUED,
     SENDING,
@@ -314,6 +315,47 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
     finally:
         second.close()
 
+
+
+def _voluntary_switches(thread_id: int) -> int:
+    with open(f"/proc/self/task/{thread_id}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc")
+
+
+def test_a_postgres_watcher_sleeps_until_notified_or_interrupted(store):
+    """A dispatcher or decider waiting on PostgreSQL sleeps until a NOTIFY or until its own
+    process sets its Interrupt (stop, work queued): it does not wake to look at the flag twenty
+    times a second, which was the whole CPU of an idle replica."""
+    if not store.description.startswith("PostgreSQL"):
+        pytest.skip("SQLite's watchers look at the database now and then by design")
+    watcher = store.watch_queue()
+    interrupt = Interrupt()
+    waited = {}
+
+    def wait_idle():
+        me = threading.get_native_id()
+        before = _voluntary_switches(me)
+        waited["result"] = watcher.wait(1.0, interrupt)
+        waited["switches"] = _voluntary_switches(me) - before
+
+    try:
+        thread = threading.Thread(target=wait_idle)
+        thread.start()
+        thread.join()
+        assert waited["result"] is False  # nothing happened in that second
+        assert waited["switches"] <= 5  # polling every 50 ms was 20
+        threading.Timer(0.2, interrupt.set).start()
+        started = time.monotonic()
+        assert watcher.wait(10, interrupt) is False
+        assert time.monotonic() - started < 2
+        assert watcher.wait(10, interrupt) is False  # still set: at once
+        interrupt.clear()
+        assert watcher.wait(0.2, interrupt) is False
+    finally:
+        watcher.close()
 
 
 def test_the_dispatchers_watcher_wakes_when_deliveries_are_queued_elsewhere(store, opened):

@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.clock import iso
+from app.interrupts import Interrupt
 from app.redact import redact_url
 from app.store import send_gates
 from app.store.base import (
@@ -932,8 +933,9 @@ class _PostgresDecisionBatch(DecisionBatch):
 class _ListenWatcher(ChangeWatcher):
     """LISTENs on the journal and/or queue channels: the server wakes it, nothing polls a table."""
 
-    # How often a waiting thread looks at its in-process interrupt (stop, or work queued by
-    # this process, which also arrives as a NOTIFY).
+    # How often a waiting thread looks at an in-process interrupt (stop, or work queued by
+    # this process, which also arrives as a NOTIFY) that it cannot select on: a plain
+    # threading.Event. An app.interrupts.Interrupt wakes the select() itself.
     INTERRUPT_CHECK = 0.05
 
     def __init__(self, conn: psycopg.Connection,
@@ -949,7 +951,9 @@ class _ListenWatcher(ChangeWatcher):
 
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         deadline = time.monotonic() + timeout
+        selectable = interrupt if isinstance(interrupt, Interrupt) else None
         try:
+            sockets = [self.conn.fileno()] + ([selectable.fileno()] if selectable else [])
             while True:
                 if any(True for _ in self.conn.notifies(timeout=0)):
                     return True
@@ -958,9 +962,11 @@ class _ListenWatcher(ChangeWatcher):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                if interrupt is not None:
+                if interrupt is not None and selectable is None:
                     remaining = min(remaining, self.INTERRUPT_CHECK)
-                select.select([self.conn.fileno()], [], [], remaining)
+                readable = select.select(sockets, [], [], remaining)[0]
+                if selectable is not None and selectable.fileno() in readable:
+                    selectable.discard_stale()
         except (psycopg.Error, OSError, ValueError) as exc:
             raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
 
