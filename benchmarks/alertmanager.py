@@ -12,6 +12,10 @@ limits the connections one client may hold, and the figure is Nudge's rate withi
 against Alertmanager's without one. The sink counts the connections each side opened and held
 at once.
 
+One run of either side lasts a second or two, so a pause of the shared machine moves it a
+lot: the sides take turns `alertmanager_rounds` times, each run with fresh processes and
+databases, and the figures are the medians (every run is printed).
+
 CPU per email: Nudge's whole `nudge serve` process tree (supervisor, gunicorn receiver master
 and workers, delivery worker with its decider and its sender processes; see
 tree_cpu_seconds) from just before the first POST to the last email; Alertmanager's process
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,29 +173,45 @@ def run(number: int, sizes: Sizes, workdir: Path) -> Result:
         result.skipped = ("no Alertmanager binary (set ALERTMANAGER_BIN, or install "
                           "prometheus-alertmanager: `make install-test` does on Debian/Ubuntu)")
         return result
-    am_dir, nudge_dir = workdir / "alertmanager", workdir / "nudge"
-    am_dir.mkdir()
-    nudge_dir.mkdir()
-    am = alertmanager_run(binary, am_dir, count)
-    nudge = nudge_run(nudge_dir, count)
-    nudge_log, am_log = nudge.sink.log, am.sink.log
-    opened = (f"SMTP connections opened in all: Nudge {nudge_log.connections:,}, "
-              f"Alertmanager {am_log.connections:,}")
-    cpu = (f"CPU per email: Nudge {1000 * nudge.cpu / count:.2f} ms (the whole nudge serve "
-           f"process tree), SMTP sink {1000 * nudge.sink_cpu / count:.2f} ms; Alertmanager "
-           f"{1000 * am.cpu / count:.2f} ms (its process), SMTP sink "
-           f"{1000 * am.sink_cpu / count:.2f} ms")
+    ams: list[Side] = []
+    nudges: list[Side] = []
+    for round_ in range(sizes.alertmanager_rounds):
+        am_dir, nudge_dir = workdir / f"round{round_}" / "alertmanager", workdir / f"round{round_}" / "nudge"
+        am_dir.mkdir(parents=True)
+        nudge_dir.mkdir(parents=True)
+        ams.append(alertmanager_run(binary, am_dir, count))
+        nudges.append(nudge_run(nudge_dir, count))
+    rounds = len(nudges)
+    nudge_rate = statistics.median(count / side.seconds for side in nudges)
+    am_rate = statistics.median(count / side.seconds for side in ams)
+    emails = count * rounds
+    opened = (f"SMTP connections opened in all, per run: Nudge "
+              f"{max(side.sink.log.connections for side in nudges):,}, Alertmanager "
+              f"{max(side.sink.log.connections for side in ams):,}")
+    cpu = (f"CPU per email: Nudge {1000 * sum(s.cpu for s in nudges) / emails:.2f} ms (the "
+           f"whole nudge serve process tree), SMTP sink "
+           f"{1000 * sum(s.sink_cpu for s in nudges) / emails:.2f} ms; Alertmanager "
+           f"{1000 * sum(s.cpu for s in ams) / emails:.2f} ms (its process), SMTP sink "
+           f"{1000 * sum(s.sink_cpu for s in ams) / emails:.2f} ms")
     result.figures += [
         Figure(f"Nudge (webhook to last email, smtp.connections={NUDGE_CONNECTIONS})",
-               count / nudge.seconds, "emails/s", baseline=count / am.seconds,
+               nudge_rate, "emails/s", baseline=am_rate,
                baseline_label=f"Alertmanager email_configs ({binary})", target=">= 1.0",
                details=[cpu]),
-        Figure("Nudge, SMTP connections open at once", nudge_log.peak_open, "connections",
-               baseline=am_log.peak_open, baseline_label="Alertmanager, no limit",
+        Figure("Nudge, SMTP connections open at once",
+               max(side.sink.log.peak_open for side in nudges), "connections",
+               baseline=max(side.sink.log.peak_open for side in ams),
+               baseline_label="Alertmanager, no limit",
                target=f"<= {NUDGE_CONNECTIONS}", target_on_value=True, details=[opened]),
     ]
+    result.notes.append(
+        f"median of {rounds} run(s), the sides taking turns; emails/s in each run: Nudge "
+        + ", ".join(f"{count / side.seconds:,.0f}" for side in nudges) + "; Alertmanager "
+        + ", ".join(f"{count / side.seconds:,.0f}" for side in ams))
     result.notes += [
-        f"time to {count:,} emails: Nudge {nudge.seconds:.1f}s, Alertmanager {am.seconds:.1f}s",
+        f"time to {count:,} emails (medians): Nudge "
+        f"{statistics.median(side.seconds for side in nudges):.2f}s, Alertmanager "
+        f"{statistics.median(side.seconds for side in ams):.2f}s",
         f"Nudge's smtp.connections is {NUDGE_CONNECTIONS}, what a relay might allow one client; "
         "Alertmanager sends every notification at once over a connection of its own (EHLO, "
         "MAIL, RCPT, DATA, QUIT: 5 round trips each) with no limit, where Nudge keeps its fixed "

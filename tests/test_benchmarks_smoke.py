@@ -59,6 +59,9 @@ def test_alertmanager_comparison_runs_or_says_why_not(tmp_path):
     # Nudge's connections held at once, with Alertmanager's beside, against the limit
     assert 1 <= connections["value"] <= 64 and connections["baseline"] >= 1
     assert connections["target"] == "<= 64"
+    # Medians of runs that take turns, every run's rate printed beside them
+    assert any(note.startswith("median of 1 run(s), the sides taking turns; emails/s in each "
+                               "run: Nudge ") for note in result["notes"]), output
 
 
 def test_only_rejects_an_unknown_benchmark():
