@@ -317,6 +317,29 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
 
 
 
+def test_postgres_records_decisions_without_waiting_for_the_disk(store, opened, database):
+    """A decider's batch need not be on disk before it commits: the journal it decides is (a
+    receiver's append waits for the disk before its 200), so a crash that loses the batch only
+    has it decided again. Everything else still commits durably."""
+    if not store.description.startswith("PostgreSQL"):
+        pytest.skip("SQLite commits each transaction to its file")
+    # The test cluster turns synchronous_commit off everywhere: on, as shipped, for this
+    # database, so the setting of the decider's transaction is its own.
+    store._direct().execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = on', "
+        "current_database()); END $$").connection.commit()
+    fresh = opened()
+    (notification_id,) = fresh.append_notifications([entry()])
+    with fresh._statement("test") as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    with fresh.deciding([notification_id]) as batch:
+        assert batch.conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+        batch.add_decisions([record(notification_id)], time.time())
+    with fresh._statement("test") as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"  # this one only
+    assert fresh.journal_stats(time.time()).pending == 0
+
+
 def _voluntary_switches(thread_id: int) -> int:
     with open(f"/proc/self/task/{thread_id}/status") as status:
         for line in status:
