@@ -340,6 +340,42 @@ def test_postgres_records_decisions_without_waiting_for_the_disk(store, opened, 
     assert fresh.journal_stats(time.time()).pending == 0
 
 
+def test_postgres_appends_notify_only_a_sleeping_decider_and_it_misses_none(store, opened):
+    """Every NOTIFY costs the server (it serialises notifying commits, fsync included) and the
+    listener: an append NOTIFYs only while the leading decider sleeps. One that committed
+    unannounced while it was deciding is found before it goes to sleep."""
+    if not store.description.startswith("PostgreSQL"):
+        pytest.skip("SQLite wakes its watchers through app/store/wakeups.py")
+    import psycopg
+
+    from app.store.postgres import JOURNAL_CHANNEL
+
+    probe = psycopg.connect(store.url, autocommit=True)  # another listener, to count NOTIFYs
+    probe.execute(f"LISTEN {JOURNAL_CHANNEL}")
+    leader = store.watch_journal()
+    appender = opened()
+    try:
+        assert leader.wait(0.01) is False and leader.leading
+        # The decider is awake (deciding, say): the append is not announced...
+        (first,) = appender.append_notifications([entry()])
+        assert list(probe.notifies(timeout=0.3)) == []
+        # ...and is found as the decider goes to sleep, without waiting for the timeout.
+        started = time.monotonic()
+        assert leader.wait(10) is True
+        assert time.monotonic() - started < 2
+        with appender.deciding([first]) as batch:
+            batch.add_decisions([record(first)], time.time())
+        # Asleep: the next append wakes it at once.
+        threading.Timer(0.2, lambda: appender.append_notifications([entry()])).start()
+        started = time.monotonic()
+        assert leader.wait(10) is True
+        assert time.monotonic() - started < 2
+        assert len(list(probe.notifies(timeout=1, stop_after=1))) == 1
+    finally:
+        leader.close()
+        probe.close()
+
+
 def _voluntary_switches(thread_id: int) -> int:
     with open(f"/proc/self/task/{thread_id}/status") as status:
         for line in status:

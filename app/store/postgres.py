@@ -63,6 +63,9 @@ from app.store.listings import Listings
 JOURNAL_CHANNEL, QUEUE_CHANNEL = "nudge_journal", "nudge_queue"
 MIGRATION_LOCK = 0x6E75646765  # "nudge": the advisory lock migrations run under
 DECIDER_LEAD_LOCK = 0x6E75646765 + 1  # held by the decider that is woken by every append
+# Held by a journal watcher while it sleeps: an append NOTIFYs only when it cannot take this
+# lock (see _ListenWatcher), so a decider busy deciding is not sent a NOTIFY per append.
+JOURNAL_SLEEPER_LOCK = 0x6E75646765 + 2
 # A decider's claim on a batch of notifications. Deciding takes well under a second; when a
 # decider dies, another takes its batch once this runs out.
 DECIDER_LEASE = 10.0
@@ -345,7 +348,11 @@ class PostgresStore(Listings, Store):
                 for e in entries]
         # One statement (one round trip, committed by itself) for what the receivers gathered:
         # each body a parameter of its own (quoting hundreds of kilobytes inside an array
-        # costs far more), and the NOTIFY that wakes the deciders in the same trip.
+        # costs far more), and in the same trip the NOTIFY that wakes a sleeping decider, only
+        # if one sleeps. A NOTIFY is costly: the server serialises the commits of notifying
+        # transactions, fsync included, and the listener's backend and client handle each one.
+        # The shared lock, when taken, is held until this commit, so a decider about to sleep
+        # (it takes the lock exclusively) waits for this append and then sees it.
         many = len(rows) > self.APPEND_ROWS
         with (self._transaction if many else self._statement)("could not store notification"
                                                               ) as conn:
@@ -358,8 +365,9 @@ class PostgresStore(Listings, Store):
                 ids += sorted(row[0] for row in conn.execute(
                     "WITH appended AS (INSERT INTO notifications (received_at, receiver, status, "
                     "group_key, alert_count, truncated_alerts, body) VALUES " + values +
-                    " RETURNING id) SELECT appended.id FROM appended, "
-                    f"(SELECT pg_notify('{JOURNAL_CHANNEL}', '')) AS woken",
+                    " RETURNING id), woken AS (SELECT pg_notify('" + JOURNAL_CHANNEL + "', '') "
+                    f" WHERE NOT pg_try_advisory_xact_lock_shared({JOURNAL_SLEEPER_LOCK})) "
+                    "SELECT appended.id FROM appended WHERE (SELECT count(*) FROM woken) >= 0",
                     [value for row in chunk for value in row]).fetchall())
         return ids
 
@@ -948,15 +956,43 @@ class _ListenWatcher(ChangeWatcher):
     def __init__(self, conn: psycopg.Connection,
                  channels: Sequence[str] = (JOURNAL_CHANNEL, QUEUE_CHANNEL)):
         self.conn = conn
+        self.journal = False  # LISTENing to appends: sleeps holding JOURNAL_SLEEPER_LOCK
         try:
             conn.autocommit = True
             for channel in channels:
-                conn.execute(f"LISTEN {channel}")
+                self._listen(channel)
         except psycopg.Error as exc:
             conn.close()
             raise StorageUnavailable(f"cannot LISTEN: {exc}") from exc
 
+    def _listen(self, channel: str) -> None:
+        self.conn.execute(f"LISTEN {channel}")
+        self.journal = self.journal or channel == JOURNAL_CHANNEL
+
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
+        if not self.journal:
+            return self._wait(timeout, interrupt)
+        # Appends NOTIFY only while a watcher holds the lock (one at a time: the leading
+        # decider). Taking it waits for the appends that found it free, which committed
+        # unannounced: `asleep` looks for them before sleeping.
+        try:
+            self.conn.execute("SELECT pg_advisory_lock(%s)", (JOURNAL_SLEEPER_LOCK,))
+        except (psycopg.Error, OSError) as exc:
+            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
+        try:
+            return self.asleep() or self._wait(timeout, interrupt)
+        finally:
+            try:
+                self.conn.execute("SELECT pg_advisory_unlock(%s)", (JOURNAL_SLEEPER_LOCK,))
+            except (psycopg.Error, OSError):
+                pass  # the connection is gone, and its session's locks with it
+
+    def asleep(self) -> bool:
+        """Called holding the sleeper lock, before sleeping: True if work arrived meanwhile
+        that no NOTIFY will announce (the base watcher only reports commits announced)."""
+        return False
+
+    def _wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         deadline = time.monotonic() + timeout
         selectable = interrupt if isinstance(interrupt, Interrupt) else None
         try:
@@ -986,8 +1022,9 @@ class _LeadingJournalWatcher(_ListenWatcher):
 
     When every replica's decider woke on every NOTIFY, they split each trickle of one-alert
     notifications into many tiny transactions. The decider holding a session advisory lock
-    (taken on this LISTEN connection) leads: it wakes on each append and, while it decides a
-    batch, the next appends gather into a bigger one. The others wake every FOLLOW_PERIOD and
+    (taken on this LISTEN connection) leads: an append wakes it when it sleeps and, while it
+    decides a batch, the next appends gather into a bigger one (unannounced: see
+    _ListenWatcher.wait). The others wake every FOLLOW_PERIOD and
     decide what has waited FOLLOW_BACKLOG, so they share the work of a backlog the leader
     cannot keep up with, and one of them takes the lock as soon as the leader's session ends
     (a crash drops the connection; a frozen leader only delays decisions by up to
@@ -1022,7 +1059,18 @@ class _LeadingJournalWatcher(_ListenWatcher):
                                     (DECIDER_LEAD_LOCK,)).fetchone()
             self.leading = bool(row and row[0])
             if self.leading:
-                self.conn.execute(f"LISTEN {JOURNAL_CHANNEL}")
+                self._listen(JOURNAL_CHANNEL)
+
+    def asleep(self) -> bool:
+        # What the decider's next batch would take (pending_notifications): appended before
+        # the sleeper lock was taken, or given back by a decider whose claim ran out.
+        try:
+            (waiting,) = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM notifications WHERE decided_at IS NULL "
+                "AND (claimed_until IS NULL OR claimed_until < %s))", (time.time(),)).fetchone()
+        except (psycopg.Error, OSError) as exc:
+            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
+        return bool(waiting)
 
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         try:
