@@ -325,9 +325,9 @@ def test_postgres_records_decisions_without_waiting_for_the_disk(store, opened, 
         pytest.skip("SQLite commits each transaction to its file")
     # The test cluster turns synchronous_commit off everywhere: on, as shipped, for this
     # database, so the setting of the decider's transaction is its own.
-    store._direct().execute(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = on', "
-        "current_database()); END $$").connection.commit()
+    with store._direct() as conn:
+        conn.execute("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = on', "
+                     "current_database()); END $$")
     fresh = opened()
     (notification_id,) = fresh.append_notifications([entry()])
     with fresh._statement("test") as conn:
@@ -374,6 +374,35 @@ def test_postgres_appends_notify_only_a_sleeping_decider_and_it_misses_none(stor
     finally:
         leader.close()
         probe.close()
+
+
+def test_a_postgres_append_stalled_mid_transaction_does_not_stall_the_decider(store):
+    """A decider about to sleep waits for the appends holding the sleeper lock shared; one
+    stalled before its commit (a frozen receiver) delays it by a couple of seconds at most."""
+    if not store.description.startswith("PostgreSQL"):
+        pytest.skip("PostgreSQL's sleeper lock")
+    import psycopg
+
+    from app.store.postgres import JOURNAL_SLEEPER_LOCK
+
+    leader = store.watch_journal()
+    stalled = psycopg.connect(store.url)  # a transaction left open, as a frozen receiver's
+    try:
+        assert leader.wait(0.01) is False and leader.leading
+        stalled.execute("SELECT pg_advisory_xact_lock_shared(%s)", (JOURNAL_SLEEPER_LOCK,))
+        woke = []
+        waiting = threading.Thread(target=lambda: woke.append(leader.wait(30)))
+        waiting.start()
+        waiting.join(10)
+        stalled.rollback()  # (frees a leader that would still be waiting for the lock)
+        waiting.join()
+        assert woke == [True]  # gave up on the lock within 10 s: look at the journal again
+        started = time.monotonic()
+        assert leader.wait(0.5) is False  # the lock is free: sleeps its time out, as before
+        assert time.monotonic() - started >= 0.5
+    finally:
+        leader.close()
+        stalled.close()
 
 
 def _voluntary_switches(thread_id: int) -> int:

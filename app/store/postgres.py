@@ -66,6 +66,9 @@ DECIDER_LEAD_LOCK = 0x6E75646765 + 1  # held by the decider that is woken by eve
 # Held by a journal watcher while it sleeps: an append NOTIFYs only when it cannot take this
 # lock (see _ListenWatcher), so a decider busy deciding is not sent a NOTIFY per append.
 JOURNAL_SLEEPER_LOCK = 0x6E75646765 + 2
+# The longest a watcher waits for that lock: an append holds it shared until it commits, and
+# one stalled mid-transaction (a frozen receiver) must not stall the decider with it.
+SLEEPER_LOCK_WAIT = "2s"
 # A decider's claim on a batch of notifications. Deciding takes well under a second; when a
 # decider dies, another takes its batch once this runs out.
 DECIDER_LEASE = 10.0
@@ -966,6 +969,8 @@ class _ListenWatcher(ChangeWatcher):
             raise StorageUnavailable(f"cannot LISTEN: {exc}") from exc
 
     def _listen(self, channel: str) -> None:
+        if channel == JOURNAL_CHANNEL:
+            self.conn.execute(f"SET lock_timeout = '{SLEEPER_LOCK_WAIT}'")
         self.conn.execute(f"LISTEN {channel}")
         self.journal = self.journal or channel == JOURNAL_CHANNEL
 
@@ -977,6 +982,10 @@ class _ListenWatcher(ChangeWatcher):
         # unannounced: `asleep` looks for them before sleeping.
         try:
             self.conn.execute("SELECT pg_advisory_lock(%s)", (JOURNAL_SLEEPER_LOCK,))
+        except psycopg.errors.LockNotAvailable:
+            # An append has held it for SLEEPER_LOCK_WAIT: look at the journal again (without
+            # the lock nobody announces appends, so this watcher wakes its caller each time).
+            return True
         except (psycopg.Error, OSError) as exc:
             raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
         try:
