@@ -255,6 +255,11 @@ def test_the_watcher_wakes_on_a_commit_elsewhere_and_times_out_otherwise(store, 
         started = time.monotonic()
         assert watcher.wait(10) is True
         assert time.monotonic() - started < 5
+        # A commit between two waits is reported by the next one.
+        other.append_notifications([entry()])
+        started = time.monotonic()
+        assert watcher.wait(10) is True
+        assert time.monotonic() - started < 5
     finally:
         watcher.close()
 
@@ -400,6 +405,34 @@ def test_a_postgres_append_stalled_mid_transaction_does_not_stall_the_decider(st
         started = time.monotonic()
         assert leader.wait(0.5) is False  # the lock is free: sleeps its time out, as before
         assert time.monotonic() - started >= 0.5
+    finally:
+        leader.close()
+        stalled.close()
+
+
+def test_a_postgres_decider_sleeps_past_a_notification_another_transaction_holds(store, opened):
+    """A decider stalled inside `deciding` holds its notifications' rows; once their claim runs
+    out, the leader's claim skips them (SKIP LOCKED). Counting them as waiting would have the
+    leader look again and again at full speed: it sleeps, and takes them once they are free."""
+    if not store.description.startswith("PostgreSQL"):
+        pytest.skip("PostgreSQL's sleeping decider")
+    import psycopg
+
+    leader = store.watch_journal()
+    stalled = psycopg.connect(store.url)
+    try:
+        (held,) = opened().append_notifications([entry()])
+        stalled.execute("SELECT id FROM notifications WHERE id = %s FOR UPDATE", (held,))
+        assert leader.wait(5) is True and leader.leading  # it is waiting: look
+        assert store.pending_notifications(10, 1000) == []  # the decider's claim cannot take it
+        started = time.monotonic()
+        assert leader.wait(0.5) is False  # so it sleeps its time out, and does not spin
+        assert time.monotonic() - started >= 0.5
+        stalled.rollback()
+        started = time.monotonic()
+        assert leader.wait(5) is True  # free again: look at once
+        assert time.monotonic() - started < 2
+        assert [p.id for p in store.pending_notifications(10, 1000)] == [held]
     finally:
         leader.close()
         stalled.close()

@@ -964,6 +964,8 @@ class _ListenWatcher(ChangeWatcher):
             conn.autocommit = True
             for channel in channels:
                 self._listen(channel)
+            if self.journal:
+                self.asleep()  # what "since the last look" counts from
         except psycopg.Error as exc:
             conn.close()
             raise StorageUnavailable(f"cannot LISTEN: {exc}") from exc
@@ -998,8 +1000,14 @@ class _ListenWatcher(ChangeWatcher):
 
     def asleep(self) -> bool:
         """Called holding the sleeper lock, before sleeping: True if work arrived meanwhile
-        that no NOTIFY will announce (the base watcher only reports commits announced)."""
-        return False
+        that no NOTIFY will announce. Here, any append since the last look (this watcher,
+        `watch()`, serves tests and tools; deciders use _LeadingJournalWatcher)."""
+        try:
+            (count,) = self.conn.execute("SELECT count(*) FROM notifications").fetchone()
+        except (psycopg.Error, OSError) as exc:
+            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
+        seen, self._appended = getattr(self, "_appended", None), count
+        return seen is not None and count != seen
 
     def _wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         deadline = time.monotonic() + timeout
@@ -1051,6 +1059,7 @@ class _LeadingJournalWatcher(_ListenWatcher):
         # Only the leader LISTENs: a NOTIFY costs the server and the client of every listener.
         super().__init__(conn, channels=())
         self.leading = False
+        self._passed_over: int | None = None  # the oldest waiting notification asleep() saw
 
     @property
     def backlog_age(self) -> float | None:
@@ -1073,13 +1082,24 @@ class _LeadingJournalWatcher(_ListenWatcher):
     def asleep(self) -> bool:
         # What the decider's next batch would take (pending_notifications): appended before
         # the sleeper lock was taken, or given back by a decider whose claim ran out.
+        unclaimed = "decided_at IS NULL AND (claimed_until IS NULL OR claimed_until < %s)"
         try:
-            (waiting,) = self.conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM notifications WHERE decided_at IS NULL "
-                "AND (claimed_until IS NULL OR claimed_until < %s))", (time.time(),)).fetchone()
+            row = self.conn.execute(f"SELECT id FROM notifications WHERE {unclaimed} "
+                                    "ORDER BY id LIMIT 1", (time.time(),)).fetchone()
+            if row is None or row[0] != self._passed_over:
+                self._passed_over = row and row[0]
+                return row is not None
+            # The decider looked since and did not take it: a transaction holds it (a decider
+            # stalled while deciding it). Answering yes again would have the decider spin;
+            # count only what its claim can take (SKIP LOCKED), as that claim does. The row
+            # lock ends with this statement, whose commit need not wait for the disk.
+            row = self.conn.execute(
+                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) "
+                f"SELECT id FROM notifications, relaxed WHERE {unclaimed} ORDER BY id "
+                "LIMIT 1 FOR UPDATE OF notifications SKIP LOCKED", (time.time(),)).fetchone()
         except (psycopg.Error, OSError) as exc:
             raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
-        return bool(waiting)
+        return row is not None
 
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
         try:
