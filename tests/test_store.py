@@ -343,6 +343,13 @@ def test_postgres_records_decisions_without_waiting_for_the_disk(store, opened, 
     with fresh._statement("test") as conn:
         assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"  # this one only
     assert fresh.journal_stats(time.time()).pending == 0
+    # A batch that cancels a waiting email (its alert resolved) waits for the disk after all:
+    # lost in a crash, the email could be claimed and sent before the batch is decided again.
+    queue_one(fresh, key="resolved-soon")
+    (resolved,) = fresh.append_notifications([entry()])
+    with fresh.deciding([resolved]) as batch:
+        assert batch.cancel_resolved(["resolved-soon"], time.time())
+        assert batch.conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
 
 
 def test_postgres_appends_notify_only_a_sleeping_decider_and_it_misses_none(store, opened):

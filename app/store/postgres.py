@@ -890,7 +890,12 @@ class _PostgresDecisionBatch(DecisionBatch):
     def cancel_resolved(self, firing_keys: Sequence[str], now: float
                         ) -> dict[str, tuple[int, str]]:
         self.flush()  # a delivery queued earlier in this batch can be cancelled too
-        return send_gates.cancel_resolved(self.conn, "%s", firing_keys, now)
+        found = send_gates.cancel_resolved(self.conn, "%s", firing_keys, now)
+        if found:
+            # A cancel lost in a crash could let a sender claim the email before the batch is
+            # decided again: this batch waits for the disk after all.
+            self.conn.execute("SELECT set_config('synchronous_commit', 'on', true)")
+        return found
 
     def add_decisions(self, decisions: Sequence[DecisionRecord], now: float) -> None:
         stamp = iso(now)
