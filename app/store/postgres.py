@@ -965,6 +965,7 @@ class _ListenWatcher(ChangeWatcher):
                  channels: Sequence[str] = (JOURNAL_CHANNEL, QUEUE_CHANNEL)):
         self.conn = conn
         self.journal = False  # LISTENing to appends: sleeps holding JOURNAL_SLEEPER_LOCK
+        self._appended: int | None = None  # the journal's rows at the last look (asleep)
         try:
             conn.autocommit = True
             for channel in channels:
@@ -1011,7 +1012,7 @@ class _ListenWatcher(ChangeWatcher):
             (count,) = self.conn.execute("SELECT count(*) FROM notifications").fetchone()
         except (psycopg.Error, OSError) as exc:
             raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
-        seen, self._appended = getattr(self, "_appended", None), count
+        seen, self._appended = self._appended, count
         return seen is not None and count != seen
 
     def _wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
