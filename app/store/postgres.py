@@ -72,6 +72,9 @@ SLEEPER_LOCK_WAIT = "2s"
 # A decider's claim on a batch of notifications. Deciding takes well under a second; when a
 # decider dies, another takes its batch once this runs out.
 DECIDER_LEASE = 10.0
+# The notifications a decider's claim may take (parameter: now); the leading decider's look
+# before it sleeps (asleep) must count exactly these.
+UNCLAIMED = "decided_at IS NULL AND (claimed_until IS NULL OR claimed_until < %s)"
 POOL_TIMEOUT = 3.0  # seconds to wait for a connection before answering "unavailable"
 # How long the pool keeps retrying one lost connection before giving that try up. Its retries
 # back off exponentially (1, 2, 4, 8, 16 s...), so after an outage of some seconds its next
@@ -388,7 +391,7 @@ class PostgresStore(Listings, Store):
             rows = conn.execute(
                 "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), "
                 "candidates AS (SELECT id, alert_count FROM notifications "
-                " WHERE decided_at IS NULL AND (claimed_until IS NULL OR claimed_until < %s) "
+                f" WHERE {UNCLAIMED} "
                 " AND received_at < %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED), "
                 "chosen AS (SELECT id FROM (SELECT id, "
                 " SUM(alert_count) OVER (ORDER BY id) AS running, "
@@ -1088,9 +1091,8 @@ class _LeadingJournalWatcher(_ListenWatcher):
     def asleep(self) -> bool:
         # What the decider's next batch would take (pending_notifications): appended before
         # the sleeper lock was taken, or given back by a decider whose claim ran out.
-        unclaimed = "decided_at IS NULL AND (claimed_until IS NULL OR claimed_until < %s)"
         try:
-            row = self.conn.execute(f"SELECT id FROM notifications WHERE {unclaimed} "
+            row = self.conn.execute(f"SELECT id FROM notifications WHERE {UNCLAIMED} "
                                     "ORDER BY id LIMIT 1", (time.time(),)).fetchone()
             if row is None or row[0] != self._passed_over:
                 self._passed_over = row and row[0]
@@ -1101,7 +1103,7 @@ class _LeadingJournalWatcher(_ListenWatcher):
             # lock ends with this statement, whose commit need not wait for the disk.
             row = self.conn.execute(
                 "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) "
-                f"SELECT id FROM notifications, relaxed WHERE {unclaimed} ORDER BY id "
+                f"SELECT id FROM notifications, relaxed WHERE {UNCLAIMED} ORDER BY id "
                 "LIMIT 1 FOR UPDATE OF notifications SKIP LOCKED", (time.time(),)).fetchone()
         except (psycopg.Error, OSError) as exc:
             raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
