@@ -268,7 +268,7 @@ class PostgresStore(Listings, Store):
                         self.url, min_size=1, max_size=self.pool_size, open=False,
                         kwargs=self._pool_kwargs(), timeout=POOL_TIMEOUT,
                         reconnect_timeout=RECONNECT_WINDOW,
-                        check=_check_if_idle, reset=_note_returned, name="nudge",
+                        check=_check_if_idle, name="nudge",
                     )
                     pool.open(wait=False)
                     self._pool, self._pool_pid = pool, os.getpid()
@@ -288,7 +288,12 @@ class PostgresStore(Listings, Store):
             if self.password_file is not None:
                 pool.kwargs = self._pool_kwargs()
             with pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    # Stamped here, not by a `reset` callback: with one, the pool hands every
+                    # returned connection to a worker thread, a thread switch per statement.
+                    conn._nudge_returned_at = time.monotonic()
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._error(what, exc) from exc
 
@@ -786,10 +791,6 @@ class PostgresStore(Listings, Store):
 # One broken meanwhile (the server restarted) fails its statement, which reports the storage
 # unavailable as any outage does, and the pool replaces it; one idle for longer is checked.
 CHECK_AFTER_IDLE = 1.0
-
-
-def _note_returned(conn: psycopg.Connection) -> None:
-    conn._nudge_returned_at = time.monotonic()
 
 
 def _check_if_idle(conn: psycopg.Connection) -> None:
