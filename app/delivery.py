@@ -232,9 +232,11 @@ class Deliverer:
                 return self._fail(delivery, "rejected", str(exc), where, choice.address)
             return self._retry(delivery, str(exc), where, choice.address)
         finally:
-            metrics.SEND_DURATION.observe(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            metrics.SEND_DURATION.observe(took)
             self.relay_throttle.finished(turn)
         try:
+            self.outcomes.sent_in(took)
             self.gate.worked(SMTP)
             metrics.EMAILS_SENT.labels(delivery.template).inc()
             log.info("%s sent to %s (%s, user data: %s)", where, choice.address, choice.source,

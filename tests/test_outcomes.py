@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from app.outcomes import BackgroundOutcomes
+from app.outcomes import GATHER, MAX_GATHER, BackgroundOutcomes, gather_window
 from app.store import QUEUED, SENT, Outcome, open_store
 from tests.test_store import queue_one
 
@@ -73,3 +73,45 @@ def test_an_unexpected_error_while_writing_is_retried_and_the_outcome_kept(tmp_p
     (row,) = store.list_deliveries()
     assert (row["status"], row["last_error"]) == (QUEUED, "451 later")
     assert "cannot record outcome queued" in caplog.text and "boom" in caplog.text
+
+
+def test_the_gathering_window_is_most_of_a_send_within_its_bounds():
+    assert gather_window(None) == GATHER  # nothing sent yet
+    assert gather_window(0.001) == GATHER  # a relay on the same host
+    assert gather_window(0.06) == 0.045  # 20 ms per command: written before the next is out
+    assert gather_window(5.0) == MAX_GATHER  # a crawling relay: outcomes still written soon
+
+
+class CountingWrites:
+    """A real store that counts its writes of outcomes."""
+
+    def __init__(self, store):
+        self.store = store
+        self.batches = []
+
+    def settle_many(self, outcomes, now):
+        self.batches.append(len(outcomes))
+        return self.store.settle_many(outcomes, now)
+
+    def close(self):
+        self.store.close()
+
+
+def test_outcomes_of_slow_sends_gather_for_longer(tmp_path):
+    store = open_store(tmp_path / "nudge.db")
+    store.migrate()
+    first, second = claimed_deliveries(store, 2)
+    counting = CountingWrites(open_store(tmp_path / "nudge.db"))
+    recorded = []
+    writer = BackgroundOutcomes(counting, recorded.append)
+    writer.sent_in(0.4)  # a relay that takes 0.4 s per email: the window is MAX_GATHER
+    writer.record(Outcome(first, SENT, recipient="u0@example.com"))
+    time.sleep(0.05)  # longer than GATHER: without the estimate, a batch of its own
+    writer.record(Outcome(second, SENT, recipient="u1@example.com"))
+    deadline = time.monotonic() + 10
+    while len(recorded) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.close()
+
+    assert counting.batches == [2]
+    assert {row["status"] for row in store.list_deliveries()} == {SENT}
