@@ -6,10 +6,9 @@ thread writes them in batches, one transaction (one fsync) for everything that f
 within a short window (`gather_window`): most of one send's duration, so that an outcome is
 in the database before its connection can have sent another email, and a worker killed at
 any moment repeats at most about one email per connection. Until its outcome is written, a
-delivery stays
-claimed (its lease is renewed), so no other worker can send it again meanwhile. Writing is
-retried until it succeeds: the outcome happened, and forgetting it would send the email
-again once the lease runs out.
+delivery stays claimed (its lease is renewed), so no other worker can send it again
+meanwhile. Writing is retried until it succeeds: the outcome happened, and forgetting it
+would send the email again once the lease runs out.
 """
 
 from __future__ import annotations
@@ -104,8 +103,8 @@ class BackgroundOutcomes:
             self._unrecorded.add(outcome.delivery.id)
             self._queue.append(outcome)
             # The writer waits for a batch's first outcome, then gathers the next ones until
-            # GATHER_BELOW or GATHER: waking it for each one in between would only put it to
-            # sleep again.
+            # GATHER_BELOW or the end of its window: waking it for each one in between would
+            # only put it to sleep again.
             if len(self._queue) == 1 or len(self._queue) >= GATHER_BELOW:
                 self._cond.notify()
 
