@@ -35,13 +35,11 @@ GATHER_BELOW = 16
 SEND_WEIGHT = 0.1
 
 
-def gather_window(send_seconds: float | None) -> float:
+def gather_window(send_seconds: float) -> float:
     """How long the writer lets outcomes gather before writing them: three quarters of a send
     (with a relay 20 ms per command away, 45 ms of a 60 ms send), so the outcome of one email
     is written before its connection's next email is out, and never less than GATHER (a
     local relay) or more than MAX_GATHER (a slow one)."""
-    if send_seconds is None:
-        return GATHER
     return min(MAX_GATHER, max(GATHER, SEND_SHARE * send_seconds))
 
 
@@ -94,7 +92,9 @@ class BackgroundOutcomes:
         self._queue: list[Outcome] = []
         self._unrecorded: set[int] = set()
         self._closing = False
-        self._send_seconds: float | None = None  # a send's duration, as sent_in saw them
+        # A send's duration as sent_in saw them. It starts from nothing and rises: the first
+        # sends on new connections also connect, and must not widen the window past a send.
+        self._send_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="outcomes", daemon=True)
         self._thread.start()
 
@@ -111,8 +111,7 @@ class BackgroundOutcomes:
     def sent_in(self, seconds: float) -> None:
         """A sender's relay took `seconds` to accept an email (a lost update between two
         senders only leaves the estimate a little behind)."""
-        last = self._send_seconds
-        self._send_seconds = seconds if last is None else last + SEND_WEIGHT * (seconds - last)
+        self._send_seconds += SEND_WEIGHT * (seconds - self._send_seconds)
 
     def unrecorded(self, delivery: Delivery) -> bool:
         """Whether this delivery's outcome is still waiting to be written."""

@@ -76,10 +76,21 @@ def test_an_unexpected_error_while_writing_is_retried_and_the_outcome_kept(tmp_p
 
 
 def test_the_gathering_window_is_most_of_a_send_within_its_bounds():
-    assert gather_window(None) == GATHER  # nothing sent yet
+    assert gather_window(0.0) == GATHER  # nothing sent yet
     assert gather_window(0.001) == GATHER  # a relay on the same host
     assert gather_window(0.06) == 0.045  # 20 ms per command: written before the next is out
     assert gather_window(5.0) == MAX_GATHER  # a crawling relay: outcomes still written soon
+
+
+def test_the_first_slow_send_does_not_widen_the_window_at_once(tmp_path):
+    """The first send on a new connection also connects (TCP, TLS, EHLO): the estimate rises
+    towards what sends take instead of starting from it."""
+    writer = BackgroundOutcomes(open_store(tmp_path / "nudge.db"), lambda delivery: None)
+    writer.sent_in(2.0)  # connecting to a slow relay
+    for _ in range(5):
+        writer.sent_in(0.03)
+    writer.close()
+    assert gather_window(writer._send_seconds) < 0.2
 
 
 class CountingWrites:
@@ -104,7 +115,8 @@ def test_outcomes_of_slow_sends_gather_for_longer(tmp_path):
     counting = CountingWrites(open_store(tmp_path / "nudge.db"))
     recorded = []
     writer = BackgroundOutcomes(counting, recorded.append)
-    writer.sent_in(0.4)  # a relay that takes 0.4 s per email: the window is MAX_GATHER
+    for _ in range(60):  # a relay that takes 0.4 s per email: the window is MAX_GATHER
+        writer.sent_in(0.4)
     writer.record(Outcome(first, SENT, recipient="u0@example.com"))
     time.sleep(0.05)  # longer than GATHER: without the estimate, a batch of its own
     writer.record(Outcome(second, SENT, recipient="u1@example.com"))
