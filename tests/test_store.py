@@ -16,6 +16,7 @@ import pytest
 
 from app.interrupts import Interrupt
 from app.store import (
+    FAILED,
     QUEUED,
     SENDING,
     SENT,
@@ -322,6 +323,35 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
 
 
 
+def test_a_postgres_follower_waits_in_the_server_and_leads_the_moment_the_leader_goes(
+        store, opened):
+    """A follower decider waits for the leader's lock in the server instead of polling for it:
+    it looks at the journal once per FOLLOW_PERIOD (to share a backlog), takes the lead as soon
+    as the leader's session ends, and its wait ends at once when its worker stops."""
+    if not store.description.startswith("PostgreSQL"):
+        pytest.skip("PostgreSQL's leading decider")
+    leader, follower = store.watch_journal(), opened().watch_journal()
+    try:
+        assert leader.wait(0.01) is False and leader.leading
+        started = time.monotonic()
+        assert follower.wait(30) is True and not follower.leading  # its period: look
+        assert follower.FOLLOW_PERIOD <= time.monotonic() - started < follower.FOLLOW_PERIOD + 2
+        stopping = Interrupt()
+        threading.Timer(0.3, stopping.set).start()
+        started = time.monotonic()
+        assert follower.wait(30, stopping) is False and not follower.leading
+        assert time.monotonic() - started < 0.3 + 2
+        # Cancelled cleanly: the connection serves the next wait.
+        threading.Timer(0.3, leader.close).start()
+        started = time.monotonic()
+        follower.wait(0.3 + follower.FOLLOW_PERIOD / 2)
+        assert follower.leading, "the follower did not take the lead within half a period"
+        assert time.monotonic() - started < 0.3 + follower.FOLLOW_PERIOD / 2 + 0.5
+    finally:
+        leader.close()
+        follower.close()
+
+
 def test_postgres_records_decisions_without_waiting_for_the_disk(store, opened, database):
     """A decider's batch need not be on disk before it commits: the journal it decides is (a
     receiver's append waits for the disk before its 200), so a crash that loses the batch only
@@ -554,6 +584,24 @@ def test_settle_many_records_each_outcome_in_one_call(store):
         "retry (after its lease expired)", "sending"]
     assert store.settle_many([Outcome(stale_again, SENT)], now + 13) == [True]
     assert store.settle_many([], now) == []
+
+
+def test_an_outcome_whose_error_text_no_database_can_store_is_still_recorded(store):
+    """A relay's reply is copied into the error: a NUL byte (PostgreSQL's text refuses it) or
+    an unpaired surrogate (no UTF-8 for it) must not make the outcome unwritable, or the
+    outcome writer would retry that batch, and every outcome behind it, forever."""
+    queue_one(store, user="u0")
+    queue_one(store, user="u1")
+    now = time.time()
+    first, second = store.claim_due(now, lease=60, limit=2)
+    assert store.settle_many([
+        Outcome(first, QUEUED, error="451 busy\x00now", retry_at=now + 30),
+        Outcome(second, FAILED, recipient="u1@example.com", error="550 caf\udce9 \u00e9t\u00e9"),
+    ], now + 1) == [True, True]
+    rows = {row["id"]: row for row in store.list_deliveries()}
+    assert rows[first.id]["last_error"] == "451 busy\ufffdnow"
+    assert rows[second.id]["last_error"] == "550 caf\ufffd \u00e9t\u00e9"
+    assert [a["error"] for a in store.list_attempts(second.id)] == ["550 caf\ufffd \u00e9t\u00e9"]
 
 
 def test_a_retry_is_due_again_at_its_time(store):

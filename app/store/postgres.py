@@ -57,6 +57,7 @@ from app.store.base import (
     StorageUnavailable,
     Store,
     requeue_note,
+    storable_text,
 )
 from app.store.listings import Listings
 
@@ -69,6 +70,7 @@ JOURNAL_SLEEPER_LOCK = 0x6E75646765 + 2
 # The longest a watcher waits for that lock: an append holds it shared until it commits, and
 # one stalled mid-transaction (a frozen receiver) must not stall the decider with it.
 SLEEPER_LOCK_WAIT = "2s"
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock wait that ran out of lock_timeout
 # A decider's claim on a batch of notifications. Deciding takes well under a second; when a
 # decider dies, another takes its batch once this runs out.
 DECIDER_LEASE = 10.0
@@ -504,11 +506,12 @@ class PostgresStore(Listings, Store):
             # One statement for the whole batch (one round trip, one transaction); a delivery
             # is settled only while the claim is still its current one, and its attempt row
             # says whether it was.
+            # The batch goes as one JSON text: psycopg adapts seven arrays element by element,
+            # which cost the writer more than the rest of the statement.
             current = {row[0] for row in conn.execute(
-                "WITH v AS (SELECT * FROM unnest(%(ids)s::bigint[], %(claims)s::bigint[], "
-                " %(statuses)s::text[], %(recipients)s::text[], %(errors)s::text[], "
-                " %(retries)s::double precision[], %(outcomes)s::text[]) "
-                " AS v(id, claim, status, recipient, error, retry_at, outcome)), "
+                "WITH v AS (SELECT * FROM json_to_recordset(%(batch)s::json) "
+                " AS v(id bigint, claim bigint, status text, recipient text, error text, "
+                " retry_at double precision, outcome text)), "
                 "settled AS (UPDATE deliveries d SET status = v.status, lease_until = NULL, "
                 " claim = NULL, updated_at = %(stamp)s, "
                 " recipient = COALESCE(v.recipient, d.recipient), last_error = v.error, "
@@ -524,13 +527,11 @@ class PostgresStore(Listings, Store):
                 " WHEN v.id IN (SELECT id FROM settled) THEN v.outcome "
                 " ELSE v.outcome || ' (after its lease expired)' END FROM v WHERE a.id = v.claim) "
                 "SELECT id FROM settled",
-                {"stamp": stamp, "ids": [o.delivery.id for o in outcomes],
-                 "claims": [o.delivery.attempt_id for o in outcomes],
-                 "statuses": [o.status for o in outcomes],
-                 "recipients": [o.recipient for o in outcomes],
-                 "errors": [o.error for o in outcomes],
-                 "retries": [o.retry_at for o in outcomes],
-                 "outcomes": [_attempt_outcome(o) for o in outcomes]}).fetchall()}
+                {"stamp": stamp, "batch": json.dumps([
+                    {"id": o.delivery.id, "claim": o.delivery.attempt_id, "status": o.status,
+                     "recipient": storable_text(o.recipient), "error": storable_text(o.error),
+                     "retry_at": o.retry_at, "outcome": _attempt_outcome(o)}
+                    for o in outcomes])}).fetchall()}
             if any(o.status == QUEUED and o.delivery.id in current for o in outcomes):
                 conn.execute(f"NOTIFY {QUEUE_CHANNEL}")  # a retry is due some time: recompute
         return [outcome.delivery.id in current for outcome in outcomes]
@@ -1051,14 +1052,16 @@ class _LeadingJournalWatcher(_ListenWatcher):
     notifications into many tiny transactions. The decider holding a session advisory lock
     (taken on this LISTEN connection) leads: an append wakes it when it sleeps and, while it
     decides a batch, the next appends gather into a bigger one (unannounced: see
-    _ListenWatcher.wait). The others wake every FOLLOW_PERIOD and
-    decide what has waited FOLLOW_BACKLOG, so they share the work of a backlog the leader
-    cannot keep up with, and one of them takes the lock as soon as the leader's session ends
-    (a crash drops the connection; a frozen leader only delays decisions by up to
+    _ListenWatcher.wait). The others wait for that lock, for FOLLOW_PERIOD at a time: one of
+    them gets it the moment the leader's session ends (a crash drops the connection), and
+    between waits they decide what has waited FOLLOW_BACKLOG, so they share the work of a
+    backlog the leader cannot keep up with (a frozen leader only delays decisions by up to
     FOLLOW_BACKLOG and a period).
     """
 
-    FOLLOW_PERIOD = 0.25
+    # Waiting in the server for the lock costs nothing per period but the look that follows
+    # it; polling for it four times a second cost an idle follower two round trips each time.
+    FOLLOW_PERIOD = 1.0
     # A second is several of the leader's batches: behind by less, it is still catching up
     # with a burst. Followers joining earlier competed with the receivers for the cores while
     # the burst came in: their database sessions work at the receivers' priority, not at the
@@ -1069,6 +1072,7 @@ class _LeadingJournalWatcher(_ListenWatcher):
         # Only the leader LISTENs: a NOTIFY costs the server and the client of every listener.
         super().__init__(conn, channels=())
         self.leading = False
+        self._lock_wait_ms: int | None = None  # the lock_timeout set for following
         self._passed_over: int | None = None  # the oldest waiting notification asleep() saw
 
     @property
@@ -1080,14 +1084,6 @@ class _LeadingJournalWatcher(_ListenWatcher):
         # waited FOLLOW_BACKLOG, which the leader would have decided by then were it keeping
         # up. (received_at is the receiving replica's clock: a skew only moves that point.)
         return None if self.leading else self.FOLLOW_BACKLOG
-
-    def _try_to_lead(self) -> None:
-        if not self.leading:
-            row = self.conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                    (DECIDER_LEAD_LOCK,)).fetchone()
-            self.leading = bool(row and row[0])
-            if self.leading:
-                self._listen(JOURNAL_CHANNEL)
 
     def asleep(self) -> bool:
         # What the decider's next batch would take (pending_notifications): appended before
@@ -1111,19 +1107,91 @@ class _LeadingJournalWatcher(_ListenWatcher):
         return row is not None
 
     def wait(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
-        try:
-            self._try_to_lead()
-        except (psycopg.Error, OSError) as exc:
-            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
         if self.leading:
             return super().wait(timeout, interrupt)
         # Not leading: look again after the period whatever was appended meanwhile (the leader
         # has it), so that a backlog is shared without answering every append.
-        period = min(timeout, self.FOLLOW_PERIOD)
-        if interrupt is not None:
-            return not interrupt.wait(period)
-        time.sleep(period)
-        return True
+        started = time.monotonic()
+        try:
+            took_lead = self._follow(min(timeout, self.FOLLOW_PERIOD), interrupt)
+        except (psycopg.Error, OSError, ValueError) as exc:
+            raise StorageUnavailable(f"lost the LISTEN connection: {exc}") from exc
+        if not took_lead:
+            return not (interrupt is not None and interrupt.is_set())
+        # Leading now: sleep the rest of the time as the leader does (it looks first for what
+        # was appended unannounced).
+        return super().wait(max(0.0, timeout - (time.monotonic() - started)), interrupt)
+
+    def _follow(self, period: float, interrupt: threading.Event | None) -> bool:
+        """Wait up to `period` for the leader's lock, in the server (its lock_timeout ends the
+        wait, so nothing has to cancel it), while also watching `interrupt`; True if it took
+        the lock, and so leads now."""
+        wait_ms = max(1, round(period * 1000))
+        if self._lock_wait_ms != wait_ms:
+            self.conn.execute(f"SET lock_timeout = '{wait_ms}ms'")
+            self._lock_wait_ms = wait_ms
+        pgconn = self.conn.pgconn
+        pgconn.send_query(f"SELECT pg_advisory_lock({DECIDER_LEAD_LOCK})".encode())
+        while pgconn.flush():
+            select.select([], [pgconn.socket], [], period)
+        selectable = interrupt if isinstance(interrupt, Interrupt) else None
+        sockets = [pgconn.socket] + ([selectable.fileno()] if selectable else [])
+        # The server answers within the period; past twice that, it is not answering at all.
+        deadline = time.monotonic() + 2 * period + 1.0
+        while True:
+            if interrupt is not None and interrupt.is_set():
+                return self._abandon_lock_wait()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OSError("the database did not answer a lock wait in time")
+            if interrupt is not None and selectable is None:
+                remaining = min(remaining, self.INTERRUPT_CHECK)
+            readable = select.select(sockets, [], [], remaining)[0]
+            if selectable is not None and selectable.fileno() in readable:
+                selectable.discard_stale()
+            if pgconn.socket in readable:
+                pgconn.consume_input()
+                if not pgconn.is_busy():
+                    break
+        got_lock, error = self._lock_wait_result()
+        if error is not None and error != LOCK_NOT_AVAILABLE:
+            raise OSError(f"waiting for the decider's lead failed (SQLSTATE {error})")
+        if got_lock:
+            self._lead()
+        return got_lock
+
+    def _lead(self) -> None:
+        self.leading = True
+        self._listen(JOURNAL_CHANNEL)
+
+    def _lock_wait_result(self) -> tuple[bool, str | None]:
+        """Read the lock wait's results: (taken, SQLSTATE of its error if any)."""
+        got_lock, error = False, None
+        while (result := self.conn.pgconn.get_result()) is not None:
+            if result.status == psycopg.pq.ExecStatus.TUPLES_OK:
+                got_lock = True
+            elif result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+                raw = result.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
+                error = raw.decode() if raw else "?"
+        return got_lock, error
+
+    def _abandon_lock_wait(self) -> bool:
+        """Stop a lock wait in progress (stopping): cancel it and read its end, so the
+        connection can be used (or closed) cleanly; a lock taken meanwhile is kept (True)."""
+        pgconn = self.conn.pgconn
+        pgconn.consume_input()
+        if pgconn.is_busy():
+            self.conn.cancel_safe(timeout=2.0)
+        deadline = time.monotonic() + 2.0
+        while pgconn.is_busy() and time.monotonic() < deadline:
+            select.select([pgconn.socket], [], [], max(0.0, deadline - time.monotonic()))
+            pgconn.consume_input()
+        if pgconn.is_busy():
+            raise OSError("the database did not end a cancelled lock wait")
+        got_lock, _ = self._lock_wait_result()
+        if got_lock:
+            self._lead()
+        return got_lock
 
 
 class _FleetRateLimiter(RateReservation):
