@@ -16,6 +16,7 @@ The guarantees every engine gives, whatever the number of processes or replicas:
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -518,6 +519,17 @@ TABLES: dict[str, list[str]] = {
     "send_slots": ["delivery_id", "user_id", "sent_at"],
     "delivery_events": ["id", "delivery_id", "created_at", "event", "reason", "detail"],
 }
+
+
+# What no engine can store in a text column: NUL (PostgreSQL refuses it) and unpaired
+# surrogates (no UTF-8 for them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str | None) -> str | None:
+    """`text` (an error copied from a relay's reply or an exception) with what no database can
+    store replaced by U+FFFD, so that recording an outcome never fails on its wording."""
+    return None if text is None else _UNSTORABLE.sub("\ufffd", text)
 
 
 def requeue_note(reason: str, status: str, attempts: int, last_error: str | None) -> str:

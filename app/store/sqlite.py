@@ -48,6 +48,7 @@ from app.store.base import (
     Store,
     chunks,
     requeue_note,
+    storable_text,
 )
 from app.store.listings import Listings
 from app.store.wakeups import Listener, WakeupBoard
@@ -638,6 +639,7 @@ class SQLiteStore(Listings, Store):
         with self._write("cannot record the outcome of a delivery") as conn:
             for outcome in outcomes:
                 delivery, status = outcome.delivery, outcome.status
+                recipient, error = storable_text(outcome.recipient), storable_text(outcome.error)
                 attempt_outcome = "retry" if status == QUEUED else status
                 # Only while this claim is still the delivery's current one.
                 current = conn.execute(
@@ -646,8 +648,8 @@ class SQLiteStore(Listings, Store):
                     "next_attempt_at = COALESCE(?, next_attempt_at), "
                     "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
                     "WHERE id = ? AND status = 'sending' AND claim = ?",
-                    (status, stamp, outcome.recipient, outcome.error, outcome.retry_at, status,
-                     stamp, delivery.id, delivery.attempt_id),
+                    (status, stamp, recipient, error, outcome.retry_at, status, stamp,
+                     delivery.id, delivery.attempt_id),
                 ).rowcount
                 if not current:
                     attempt_outcome = f"{attempt_outcome} (after its lease expired)"
@@ -657,8 +659,7 @@ class SQLiteStore(Listings, Store):
                     conn.execute(
                         "UPDATE attempts SET outcome = ?, finished_at = ?, recipient = ?, "
                         "error = ? WHERE id = ?",
-                        (attempt_outcome, stamp, outcome.recipient, outcome.error,
-                         delivery.attempt_id),
+                        (attempt_outcome, stamp, recipient, error, delivery.attempt_id),
                     )
                 results.append(bool(current))
         return results
