@@ -200,11 +200,15 @@ def start_fleet(folder: Path, database: str | Path, smtp_url: str, replicas: int
 
 
 def _worker_running(nudge: Nudge) -> bool:
+    """Started, and done with its start-up check of the templates and rules (a background
+    thread's, which would otherwise be measured as part of the drain)."""
     nudge.process.check_alive()
     try:
-        return "delivery worker started" in nudge.process.log_path.read_text(errors="replace")
+        text = nudge.process.log_path.read_text(errors="replace")
     except OSError:
         return False
+    return "delivery worker started" in text and (
+        "templates and rules checked" in text or "templates/rules have" in text)
 
 
 def stop_fleet(fleet: list[Nudge], kill: bool = False) -> None:
