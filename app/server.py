@@ -91,14 +91,16 @@ class _Enqueue(logging.handlers.QueueHandler):
         return record
 
 
-# How long the writer lets lines gather before writing them together.
-LOG_GATHER = 0.02
+# How long the writer lets lines gather before writing them together: what a process killed
+# with SIGKILL can lose of its last lines.
+LOG_GATHER = 0.05
 
 
 class _BatchWriter(threading.Thread):
     """Writes queued records with `handlers`, the lines of a moment in one write: a line per
     email from many sending threads would otherwise cost a wake-up of this thread and a
-    system call each."""
+    system call each. While lines keep coming it writes once per LOG_GATHER, one wake-up
+    each; after a period that brought none, it sleeps until the next line."""
 
     def __init__(self, handlers: list[logging.Handler]):
         super().__init__(name="log-writer", daemon=True)
@@ -111,13 +113,18 @@ class _BatchWriter(threading.Thread):
             first = self.records.get()
             if first is None:
                 return
-            if not self._stopping:
-                time.sleep(LOG_GATHER)
             batch = [first]
-            stop = self._drain(batch)
-            self._write(batch)
-            if stop:
-                return
+            while True:
+                if not self._stopping:
+                    time.sleep(LOG_GATHER)
+                stop = self._drain(batch)
+                if batch:
+                    self._write(batch)
+                if stop:
+                    return
+                if not batch:
+                    break  # a quiet period: sleep until the next line
+                batch = []
 
     def stop(self) -> None:
         self._stopping = True
