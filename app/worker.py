@@ -96,6 +96,58 @@ class LeaseKeeper:
                     self._expires[delivery.id] = 0.0
 
 
+class ClaimSlots:
+    """How many more deliveries the dispatcher may claim: one slot per delivery claimed and not
+    yet finished. A sender finishing wakes the dispatcher only when it has what it waits for
+    (a whole claim's worth, or the senders running out of work), not once per email."""
+
+    def __init__(self, slots: int):
+        self._free = slots
+        self._wanted = 1  # the free slots that wake the dispatcher now
+        self._freed_at = 0.0  # when a sender last finished
+        self._changed = threading.Condition()
+
+    def take(self, allowed: int | None, gather: int, in_hand: Callable[[], bool],
+             timeout: float) -> int:
+        """Wait up to `timeout` for a free slot, then for `gather` of them while `in_hand()`
+        (the senders have claimed work left) and senders keep finishing (one at least every
+        CLAIM_GATHER); take what is free, at most `allowed` (None: no limit). 0 when none
+        came free."""
+        with self._changed:
+            try:
+                self._wanted = 1
+                if not self._changed.wait_for(lambda: self._free > 0, timeout):
+                    return 0
+                self._wanted = gather
+                self._freed_at = time.monotonic()
+                # Until no sender has finished for CLAIM_GATHER: that, not a wake-up per
+                # finish, tells the dispatcher the senders are slowing down.
+                while self._free < gather and in_hand():
+                    remaining = self._freed_at + CLAIM_GATHER - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+                taken = self._free if allowed is None else min(self._free, allowed)
+                self._free -= taken
+                return taken
+            finally:
+                self._wanted = 1
+
+    def give_back(self, count: int) -> None:
+        """Slots taken for a claim that found fewer deliveries."""
+        if count:
+            with self._changed:
+                self._free += count
+
+    def finished(self, idle: bool) -> None:
+        """A sender finished a delivery; `idle`: no claimed work is left for the senders."""
+        with self._changed:
+            self._free += 1
+            self._freed_at = time.monotonic()
+            if idle or self._free >= self._wanted:
+                self._changed.notify()
+
+
 class DeliveryWorker:
     def __init__(self, config: Config, *, senders: int | None = None, decide: bool = True,
                  send: bool = True):
@@ -119,7 +171,7 @@ class DeliveryWorker:
         # A claim gathers up to claim_batch deliveries, and may claim that many ahead of the
         # senders (slots: claimed and not yet finished), whose leases are renewed meanwhile.
         self.claim_batch = max(MIN_CLAIM_BATCH, self.senders)
-        self.slots = threading.Semaphore(self.senders + self.claim_batch)
+        self.slots = ClaimSlots(self.senders + self.claim_batch)
         self.threads: list[threading.Thread] = []
 
     def run(self, started: Callable[[], None] | None = None) -> None:
@@ -190,18 +242,15 @@ class DeliveryWorker:
                     self.stopping.wait(min(MAX_IDLE_SLEEP, self.deliverer.gate.seconds_to_probe()
                                            or MAX_IDLE_SLEEP))
                     continue
-                # Claim only for free senders: block until one finishes (no spinning).
-                if not self.slots.acquire(timeout=MAX_IDLE_SLEEP):
+                # Claim only for free senders: block until one finishes (no spinning). While
+                # the senders still have claimed work in hand, let more of them finish before
+                # claiming, so that one claim (one transaction) serves several; as soon as
+                # that work runs out, claim for those that are free.
+                free = self.slots.take(
+                    allowed, gather=self.claim_batch if allowed is None else 1,
+                    in_hand=lambda: not self.work.empty(), timeout=MAX_IDLE_SLEEP)
+                if not free:
                     continue
-                free = 1
-                # While the senders still have claimed work in hand, let more of them finish
-                # before claiming, so that one claim (one transaction) serves several; as
-                # soon as that work runs out, claim for those that are free.
-                while (allowed is None and free < self.claim_batch and self.work.qsize() > 0
-                       and self.slots.acquire(timeout=CLAIM_GATHER)):
-                    free += 1
-                while (allowed is None or free < allowed) and self.slots.acquire(blocking=False):
-                    free += 1
                 self.new_work.clear()
                 claimed: list[Delivery] = []
                 try:
@@ -209,8 +258,7 @@ class DeliveryWorker:
                 except StorageError as exc:
                     log.error("cannot claim deliveries, retrying: %s", exc)
                     self.stopping.wait(1.0)
-                for _ in range(free - len(claimed)):
-                    self.slots.release()
+                self.slots.give_back(free - len(claimed))
                 suppressions = self._suppressions_of(claimed)
                 for delivery in claimed:
                     if allowed is not None:
@@ -301,7 +349,7 @@ class DeliveryWorker:
                     gate.finished(delivery.id)
                     if not self.deliverer.outcomes.unrecorded(delivery):
                         self.leases.drop(delivery)  # else once its outcome is written
-                    self.slots.release()
+                    self.slots.finished(idle=self.work.empty())
         finally:
             _close_quietly(transport)
             self.store.close()
