@@ -308,10 +308,13 @@ def test_deciders_watchers_wake_on_appends_and_one_takes_over_when_another_goes(
         first.close()
         appender = opened()
         for _ in range(3):
-            threading.Timer(0.1, lambda: appender.append_notifications([entry()])).start()
+            append = threading.Timer(0.1, lambda: appender.append_notifications([entry()]))
+            append.start()
             started = time.monotonic()
             assert second.wait(10) is True
             assert time.monotonic() - started < 2
+            # (A wait may end for the lead it took: the append must not outlive the test.)
+            append.join()
         if store.description.startswith("PostgreSQL"):
             # It takes the lead on one of its next looks (however slow the machine).
             deadline = time.monotonic() + 10
@@ -342,9 +345,11 @@ def test_a_postgres_follower_waits_in_the_server_and_leads_the_moment_the_leader
         assert follower.wait(30, stopping) is False and not follower.leading
         assert time.monotonic() - started < 0.3 + 2
         # Cancelled cleanly: the connection serves the next wait.
-        threading.Timer(0.3, leader.close).start()
+        leader_goes = threading.Timer(0.3, leader.close)
+        leader_goes.start()
         started = time.monotonic()
         follower.wait(0.3 + follower.FOLLOW_PERIOD / 2)
+        leader_goes.join()
         assert follower.leading, "the follower did not take the lead within half a period"
         assert time.monotonic() - started < 0.3 + follower.FOLLOW_PERIOD / 2 + 0.5
     finally:

@@ -1128,7 +1128,10 @@ class _LeadingJournalWatcher(_ListenWatcher):
         the lock, and so leads now."""
         wait_ms = max(1, round(period * 1000))
         if self._lock_wait_ms != wait_ms:
+            # A statement_timeout shorter than the period (a role's setting) would end each
+            # wait early, as an error: this connection only ever waits, so it has none.
             self.conn.execute(f"SET lock_timeout = '{wait_ms}ms'")
+            self.conn.execute("SET statement_timeout = 0")
             self._lock_wait_ms = wait_ms
         pgconn = self.conn.pgconn
         pgconn.send_query(f"SELECT pg_advisory_lock({DECIDER_LEAD_LOCK})".encode())
