@@ -501,37 +501,14 @@ class PostgresStore(Listings, Store):
     def settle_many(self, outcomes: Sequence[Outcome], now: float) -> list[bool]:
         if not outcomes:
             return []
-        stamp = iso(now)
+        batch = json.dumps([
+            {"id": o.delivery.id, "claim": o.delivery.attempt_id, "status": o.status,
+             "recipient": storable_text(o.recipient), "error": storable_text(o.error),
+             "retry_at": o.retry_at, "outcome": _attempt_outcome(o)} for o in outcomes])
         with self._statement("cannot record the outcome of a delivery") as conn:
-            # One statement for the whole batch (one round trip, one transaction); a delivery
-            # is settled only while the claim is still its current one, and its attempt row
-            # says whether it was.
-            # The batch goes as one JSON text: psycopg adapts seven arrays element by element,
-            # which cost the writer more than the rest of the statement.
-            current = {row[0] for row in conn.execute(
-                "WITH v AS (SELECT * FROM json_to_recordset(%(batch)s::json) "
-                " AS v(id bigint, claim bigint, status text, recipient text, error text, "
-                " retry_at double precision, outcome text)), "
-                "settled AS (UPDATE deliveries d SET status = v.status, lease_until = NULL, "
-                " claim = NULL, updated_at = %(stamp)s, "
-                " recipient = COALESCE(v.recipient, d.recipient), last_error = v.error, "
-                " next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at), "
-                " sent_at = CASE WHEN v.status = 'sent' THEN %(stamp)s ELSE d.sent_at END "
-                " FROM v WHERE d.id = v.id AND d.status = 'sending' AND d.claim = v.claim "
-                " RETURNING d.id), "
-                # A send slot taken for an attempt that did not send is given back.
-                "slots AS (DELETE FROM send_slots WHERE delivery_id IN "
-                " (SELECT id FROM v WHERE status <> 'sent')), "
-                "logged AS (UPDATE attempts a SET finished_at = %(stamp)s, "
-                " recipient = v.recipient, error = v.error, outcome = CASE "
-                " WHEN v.id IN (SELECT id FROM settled) THEN v.outcome "
-                " ELSE v.outcome || ' (after its lease expired)' END FROM v WHERE a.id = v.claim) "
-                "SELECT id FROM settled",
-                {"stamp": stamp, "batch": json.dumps([
-                    {"id": o.delivery.id, "claim": o.delivery.attempt_id, "status": o.status,
-                     "recipient": storable_text(o.recipient), "error": storable_text(o.error),
-                     "retry_at": o.retry_at, "outcome": _attempt_outcome(o)}
-                    for o in outcomes])}).fetchall()}
+            result = _run_prepared(conn, b"nudge_settle_many", SETTLE_MANY,
+                                   [iso(now).encode(), batch.encode()])
+            current = {int(result.get_value(row, 0)) for row in range(result.ntuples)}
             if any(o.status == QUEUED and o.delivery.id in current for o in outcomes):
                 conn.execute(f"NOTIFY {QUEUE_CHANNEL}")  # a retry is due some time: recompute
         return [outcome.delivery.id in current for outcome in outcomes]
@@ -1210,6 +1187,57 @@ class _FleetRateLimiter(RateReservation):
             wait = self.interval  # the database is down: sending is paused by settle anyway
         if wait > 0:
             time.sleep(wait)
+
+
+# Recording a batch of outcomes: one statement for the whole batch (one round trip, one
+# transaction); a delivery is settled only while the claim is still its current one, and its
+# attempt row says whether it was. The batch is one JSON text ($2; $1 the time): psycopg
+# adapted seven arrays element by element, which cost more than the rest of the statement.
+SETTLE_MANY = (
+    "WITH v AS (SELECT * FROM json_to_recordset($2::json) "
+    " AS v(id bigint, claim bigint, status text, recipient text, error text, "
+    " retry_at double precision, outcome text)), "
+    "settled AS (UPDATE deliveries d SET status = v.status, lease_until = NULL, "
+    " claim = NULL, updated_at = $1, "
+    " recipient = COALESCE(v.recipient, d.recipient), last_error = v.error, "
+    " next_attempt_at = COALESCE(v.retry_at, d.next_attempt_at), "
+    " sent_at = CASE WHEN v.status = 'sent' THEN $1 ELSE d.sent_at END "
+    " FROM v WHERE d.id = v.id AND d.status = 'sending' AND d.claim = v.claim "
+    " RETURNING d.id), "
+    # A send slot taken for an attempt that did not send is given back.
+    "slots AS (DELETE FROM send_slots WHERE delivery_id IN "
+    " (SELECT id FROM v WHERE status <> 'sent')), "
+    "logged AS (UPDATE attempts a SET finished_at = $1, "
+    " recipient = v.recipient, error = v.error, outcome = CASE "
+    " WHEN v.id IN (SELECT id FROM settled) THEN v.outcome "
+    " ELSE v.outcome || ' (after its lease expired)' END FROM v WHERE a.id = v.claim) "
+    "SELECT id FROM settled")
+
+
+def _run_prepared(conn: psycopg.Connection, name: bytes, query: str,
+                  params: Sequence[bytes | None]) -> psycopg.pq.abc.PGresult:
+    """Run `query` (text parameters $1...) as a statement prepared once per connection, through
+    libpq itself: for a statement each process runs many times a second (an outcome batch),
+    psycopg's cursor machinery cost more than twice the client CPU of the rest of it."""
+    pgconn = conn.pgconn
+    prepared = conn.__dict__.setdefault("_nudge_prepared", set())
+    if name not in prepared:
+        _checked(pgconn, pgconn.prepare(name, query.encode()))
+        prepared.add(name)
+    return _checked(pgconn, pgconn.exec_prepared(name, params))
+
+
+def _checked(pgconn: psycopg.pq.abc.PGconn,
+             result: psycopg.pq.abc.PGresult) -> psycopg.pq.abc.PGresult:
+    """`result`, or the error psycopg itself would raise for it (a lost connection an
+    OperationalError, as for every other statement)."""
+    if result.status in (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK):
+        return result
+    if pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError(
+            pgconn.error_message.decode("utf-8", "replace").strip()
+            or "the connection to the server was lost")
+    raise psycopg.errors.error_from_result(result)
 
 
 def _attempt_outcome(outcome: Outcome) -> str:
