@@ -548,6 +548,29 @@ def test_claim_is_exclusive_until_the_lease_expires(store):
     assert outcomes == ["abandoned", "sending"]
 
 
+def test_a_claim_returns_the_delivery_as_queued_with_its_users_suppressions(store):
+    """What a sender gets from a claim: the delivery's fields as they were queued (non-ASCII
+    user ids and labels included) and, where the engine reads them in the same round trip,
+    the user's suppressions (None: the dispatcher reads them itself)."""
+    queue_one(store, user="zoë")
+    queue_one(store, user="ann")
+    store.add_suppression("zoë", "OtherRule", "link", time.time())
+    store.add_category_suppression("zoë", "billing, \"quoted\"", "link", time.time())
+    now = time.time()
+    zoe, ann = store.claim_due(now, lease=60, limit=2)
+    assert (zoe.user_id, zoe.rule, zoe.template, zoe.kind, zoe.attempts) == (
+        "zoë", "NoFirstApiCall", "onboarding_first_call", "firing", 1)
+    assert zoe.alert == {"labels": {"alertname": "NoFirstApiCall", "user_id": "zoë"},
+                         "startsAt": "2026-11-22T20:04:34Z"}
+    assert zoe.external_url == "http://alertmanager:9093" and zoe.resolved is False
+    assert zoe.attempt_id is not None and zoe.lease_until == pytest.approx(now + 60)
+    assert zoe.created_epoch == pytest.approx(now, abs=60)
+    if zoe.suppressions is not None:
+        assert zoe.suppressions == ({"OtherRule"}, {"billing, \"quoted\""})
+        assert ann.suppressions == (set(), set())
+    assert store.user_suppressions("zoë") == ({"OtherRule"}, {"billing, \"quoted\""})
+
+
 def test_claims_take_the_oldest_due_first_and_respect_the_limit(store):
     ids = [queue_one(store, user=f"u{n}") for n in range(5)]
     now = time.time() + 1

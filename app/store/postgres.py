@@ -455,46 +455,24 @@ class PostgresStore(Listings, Store):
 
     # -- delivery queue --------------------------------------------------------------------
     def claim_due(self, now: float, lease: float, limit: int = 1) -> list[Delivery]:
-        stamp = iso(now)
         with self._statement("cannot claim deliveries") as conn:
-            # One statement, so one round trip and its own transaction. SKIP LOCKED: rows
-            # another sender is claiming right now are left to it. The new attempt's id is
-            # taken from its sequence first, so the claim can name it in the same statement.
-            rows = conn.execute(
-                "WITH queued AS (SELECT id, next_attempt_at AS t FROM deliveries "
-                " WHERE status = 'queued' AND next_attempt_at <= %(now)s "
-                " ORDER BY next_attempt_at LIMIT %(n)s FOR UPDATE SKIP LOCKED), "
-                "expired AS (SELECT id, lease_until AS t FROM deliveries "
-                " WHERE status = 'sending' AND lease_until <= %(now)s "
-                " ORDER BY lease_until LIMIT %(n)s FOR UPDATE SKIP LOCKED), "
-                "chosen AS (SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM expired) "
-                " AS due ORDER BY t LIMIT %(n)s), "
-                "claimed AS (UPDATE deliveries AS d SET status = 'sending', "
-                " lease_until = %(until)s, attempts = d.attempts + 1, updated_at = %(stamp)s, "
-                " claim = nextval(pg_get_serial_sequence('attempts', 'id')) FROM chosen "
-                " WHERE d.id = chosen.id RETURNING d.id, d.rule, d.user_id, d.template, d.kind, "
-                " d.status, d.attempts, d.alert, d.external_url, "
-                " COALESCE(d.requeued_at, d.created_at) AS created_at, "
-                " d.resolved_at IS NOT NULL AS resolved, d.claim), "
-                # A previous claim whose lease ran out never finished: its attempt row says so.
-                # (Sub-statements share one snapshot: the attempt inserted below is not seen.)
-                "abandoned AS (UPDATE attempts SET outcome = 'abandoned', "
-                " finished_at = %(stamp)s, error = 'worker stopped before finishing; lease expired' "
-                " WHERE delivery_id IN (SELECT id FROM claimed) AND outcome = 'sending'), "
-                "logged AS (INSERT INTO attempts (id, delivery_id, attempt, started_at, outcome) "
-                " SELECT claim, id, attempts, %(stamp)s, 'sending' FROM claimed) "
-                # The users' suppressions, which the sender checks first, in the same trip.
-                "SELECT c.*, ARRAY(SELECT scope FROM suppressions AS s "
-                " WHERE s.user_id = c.user_id), ARRAY(SELECT category FROM "
-                " category_suppressions AS k WHERE k.user_id = c.user_id) FROM claimed AS c",
-                {"now": now, "n": limit, "until": now + lease, "stamp": stamp},
-            ).fetchall()
-        claimed = [Delivery(
-            id=row[0], rule=row[1], user_id=row[2], template=row[3], kind=row[4], status=row[5],
-            attempts=row[6], alert=json.loads(row[7]), external_url=row[8], created_at=row[9],
-            attempt_id=row[11], lease_until=now + lease, resolved=row[10],
-            suppressions=(set(row[12]), set(row[13])),
-        ) for row in rows]
+            result = _run_prepared(conn, b"nudge_claim_due", CLAIM_DUE, [
+                repr(now).encode(), str(limit).encode(), repr(now + lease).encode(),
+                iso(now).encode()])
+        claimed = []
+        for row in range(result.ntuples):
+            # Text results: numbers as digits, a boolean as t or f, the arrays as JSON.
+            (id_, rule, user_id, template, kind, status, attempts, alert, external_url,
+             created_at, resolved, claim, scopes, categories) = (
+                result.get_value(row, column) for column in range(14))
+            claimed.append(Delivery(
+                id=int(id_), rule=rule.decode(), user_id=user_id.decode(),
+                template=template.decode(), kind=kind.decode(), status=status.decode(),
+                attempts=int(attempts), alert=json.loads(alert),
+                external_url=external_url.decode(), created_at=created_at.decode(),
+                resolved=resolved == b"t", attempt_id=int(claim), lease_until=now + lease,
+                suppressions=(set(json.loads(scopes)), set(json.loads(categories))),
+            ))
         claimed.sort(key=lambda delivery: delivery.id)
         return claimed
 
@@ -1189,10 +1167,44 @@ class _FleetRateLimiter(RateReservation):
             time.sleep(wait)
 
 
+# Claiming due deliveries: one statement, so one round trip and its own transaction ($1 now,
+# $2 how many, $3 the lease's end, $4 now as text). SKIP LOCKED: rows another sender is
+# claiming right now are left to it. The new attempt's id is taken from its sequence first,
+# so the claim can name it in the same statement.
+CLAIM_DUE = (
+    "WITH queued AS (SELECT id, next_attempt_at AS t FROM deliveries "
+    " WHERE status = 'queued' AND next_attempt_at <= $1 "
+    " ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
+    "expired AS (SELECT id, lease_until AS t FROM deliveries "
+    " WHERE status = 'sending' AND lease_until <= $1 "
+    " ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED), "
+    "chosen AS (SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM expired) "
+    " AS due ORDER BY t LIMIT $2), "
+    "claimed AS (UPDATE deliveries AS d SET status = 'sending', "
+    " lease_until = $3, attempts = d.attempts + 1, updated_at = $4, "
+    " claim = nextval(pg_get_serial_sequence('attempts', 'id')) FROM chosen "
+    " WHERE d.id = chosen.id RETURNING d.id, d.rule, d.user_id, d.template, d.kind, "
+    " d.status, d.attempts, d.alert, d.external_url, "
+    " COALESCE(d.requeued_at, d.created_at) AS created_at, "
+    " d.resolved_at IS NOT NULL AS resolved, d.claim), "
+    # A previous claim whose lease ran out never finished: its attempt row says so.
+    # (Sub-statements share one snapshot: the attempt inserted below is not seen.)
+    "abandoned AS (UPDATE attempts SET outcome = 'abandoned', "
+    " finished_at = $4, error = 'worker stopped before finishing; lease expired' "
+    " WHERE delivery_id IN (SELECT id FROM claimed) AND outcome = 'sending'), "
+    "logged AS (INSERT INTO attempts (id, delivery_id, attempt, started_at, outcome) "
+    " SELECT claim, id, attempts, $4, 'sending' FROM claimed) "
+    # The users' suppressions, which the sender checks first, in the same trip.
+    "SELECT c.*, (SELECT COALESCE(json_agg(scope), '[]') FROM suppressions AS s "
+    " WHERE s.user_id = c.user_id), (SELECT COALESCE(json_agg(category), '[]') FROM "
+    " category_suppressions AS k WHERE k.user_id = c.user_id) FROM claimed AS c")
+
+
 # Recording a batch of outcomes: one statement for the whole batch (one round trip, one
 # transaction); a delivery is settled only while the claim is still its current one, and its
 # attempt row says whether it was. The batch is one JSON text ($2; $1 the time): psycopg
 # adapted seven arrays element by element, which cost more than the rest of the statement.
+# Both run through _run_prepared: each worker process runs them many times a second.
 SETTLE_MANY = (
     "WITH v AS (SELECT * FROM json_to_recordset($2::json) "
     " AS v(id bigint, claim bigint, status text, recipient text, error text, "
